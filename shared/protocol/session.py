@@ -1,0 +1,389 @@
+"""The sans-I/O sync session (docs/protocol.md §4-§6).
+
+One `Session` per connection, on each side. Frames in (`receive_frame`),
+frames out (`data_to_send`), events out (`events_received`), time in
+(`handle_timer(now)`, `next_deadline()`). It imports no I/O library and
+never reads a clock, so tests drive two sessions against each other with a
+fake clock and no sockets.
+
+Reliability lives above a single connection: cursors (`rv` downstream,
+`seq` upstream) are persisted by the applications, exchanged in
+hello/welcome, and acked cumulatively. Within a connection the session
+enforces ordering (cursors strictly increase), a send window (at most
+`window` unacked reliable messages in flight) and liveness (ping/pong).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.errors import LocalProtocolError, ProtocolError, RemoteProtocolError, UnsupportedVersion
+from shared.ids import new_ulid
+from shared.protocol import codec
+from shared.protocol.events import (
+    AckReceived,
+    ErrorReceived,
+    Event,
+    HelloReceived,
+    MessageReceived,
+    PingReceived,
+    SessionClosed,
+    WelcomeReceived,
+)
+from shared.protocol.messages import (
+    DOWNSTREAM_RELIABLE,
+    SUPPORTED_VERSIONS,
+    UPSTREAM_RELIABLE,
+    Envelope,
+    Op,
+)
+from shared.protocol.states import INITIAL, RECEIVABLE, TRANSITIONS, Role, State, Trigger
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    window: int = 256
+    """Most reliable messages in flight (sent, not yet acked) per direction."""
+    ping_interval: float = 15.0
+    """Seconds between pings from each side."""
+    missed_pings: int = 3
+    """The link is dead after `missed_pings * ping_interval` seconds with nothing received."""
+    handshake_timeout: float = 10.0
+    """Seconds allowed from connection to an open session."""
+    limits: codec.Limits = field(default_factory=codec.Limits)
+    """Frame and parsing limits."""
+    versions: tuple[int, ...] = SUPPORTED_VERSIONS
+    """Protocol versions this side speaks."""
+
+    @property
+    def dead_after(self) -> float:
+        return self.ping_interval * self.missed_pings
+
+
+class Session:
+    """A sync session for one connection.
+
+    Error handling: the session never raises for what the peer sends; a
+    violation is answered with an `error` frame, the session closes and a
+    `SessionClosed` event says why (the typed exception is in `close_error`).
+    Misuse by the local application raises LocalProtocolError.
+    """
+
+    def __init__(self, role: Role, config: SessionConfig, now: float, wall_ms: int) -> None:
+        self.role = role
+        self.config = config
+        self.state = INITIAL[role]
+        self.version: int | None = None
+        self.close_error: ProtocolError | None = None
+        self.rtt: float | None = None
+        """Round-trip time of the latest answered ping, seconds."""
+        self._wall_offset_ms = wall_ms - int(now * 1000)
+        self._out: list[bytes] = []
+        self._events: list[Event] = []
+        self._started = now
+        self._last_received = now
+        self._next_ping = now + config.ping_interval
+        self._pings_sent: dict[str, float] = {}
+        self._heartbeat: dict[str, Any] = {}
+        # Reliable streams: what we send and what we receive.
+        self._in_flight: deque[int] = deque()
+        self._last_sent = 0
+        self._last_acked_by_peer = 0
+        self._last_received_cursor = 0
+        self._last_acked_by_us = 0
+
+    # ---------------------------------------------------------------- handshake
+
+    def send_hello(self, applied_rv: int, body: dict[str, Any], now: float) -> None:
+        """Edge: open the session, announcing the highest `rv` it has durably applied."""
+        self._require(Role.EDGE, State.HELLO_SENT, "send_hello")
+        self._last_received_cursor = self._last_acked_by_us = applied_rv
+        hello = {**body, "versions": list(self.config.versions), "applied_rv": applied_rv}
+        self._emit(Op.HELLO, now, body=hello)
+
+    def accept(self, received_seq: int, body: dict[str, Any], now: float) -> None:
+        """Cloud: accept the hello, announcing the highest outbox `seq` it has applied."""
+        self._transition(Trigger.ACCEPT)
+        self._last_received_cursor = self._last_acked_by_us = received_seq
+        welcome = {**body, "version": self.version, "received_seq": received_seq}
+        self._emit(Op.WELCOME, now, body=welcome)
+
+    def reject(self, code: str, reason: str, now: float) -> None:
+        """Cloud: refuse the hello (unknown node, revoked, ...). The session closes."""
+        self.close(code, reason, now)
+
+    # ---------------------------------------------------------------- sending
+
+    @property
+    def is_open(self) -> bool:
+        return self.state is State.OPEN
+
+    def send_capacity(self) -> int:
+        """How many more reliable messages `send` accepts before acks arrive."""
+        if self.state is not State.OPEN:
+            return 0
+        return self.config.window - len(self._in_flight)
+
+    @property
+    def last_sent(self) -> int:
+        """Highest cursor sent in this session (starts at the peer's announced cursor)."""
+        return self._last_sent
+
+    def start_sending_after(self, cursor: int) -> None:
+        """Set where this session's outgoing stream resumes (the peer's announced cursor)."""
+        if self._in_flight:
+            raise LocalProtocolError("cannot move the send cursor with messages in flight")
+        self._last_sent = self._last_acked_by_peer = cursor
+
+    def send(
+        self,
+        op: Op,
+        res: str,
+        cursor: int,
+        body: dict[str, Any] | None,
+        now: float,
+    ) -> str:
+        """Send one reliable message; returns its id.
+
+        Raises LocalProtocolError if the session is not open, the window is
+        full, the op is not reliable for this side, or `cursor` does not
+        strictly increase.
+        """
+        allowed = DOWNSTREAM_RELIABLE if self.role is Role.CLOUD else UPSTREAM_RELIABLE
+        if op not in allowed:
+            raise LocalProtocolError(f"{self.role.value} cannot send {op.value} reliably")
+        if self.state is not State.OPEN:
+            raise LocalProtocolError(f"cannot send {op.value}: session is {self.state.value}")
+        if len(self._in_flight) >= self.config.window:
+            raise LocalProtocolError("send window is full; wait for AckReceived")
+        if cursor <= self._last_sent:
+            raise LocalProtocolError(f"cursor {cursor} does not follow {self._last_sent}")
+        if self.role is Role.CLOUD:
+            msg_id = self._emit(op, now, res=res, rv=cursor, body=body)
+        else:
+            msg_id = self._emit(op, now, res=res, seq=cursor, body=body)
+        self._in_flight.append(cursor)
+        self._last_sent = cursor
+        return msg_id
+
+    def ack(self, cursor: int, now: float) -> None:
+        """Acknowledge every received reliable message up to `cursor` (after applying them)."""
+        if self.state is not State.OPEN:
+            return
+        if cursor > self._last_received_cursor:
+            raise LocalProtocolError(
+                f"cannot ack {cursor}: only received up to {self._last_received_cursor}"
+            )
+        if cursor <= self._last_acked_by_us:
+            return
+        self._last_acked_by_us = cursor
+        if self.role is Role.EDGE:
+            self._emit(Op.ACK, now, rv=cursor)
+        else:
+            self._emit(Op.ACK, now, seq=cursor)
+
+    def send_error(self, code: str, reason: str, parent: str | None, now: float) -> None:
+        """Report a non-fatal error about one message (e.g. forbidden); the session stays open."""
+        if self.state is not State.CLOSED:
+            self._emit(Op.ERROR, now, parent=parent, body={"code": code, "reason": reason})
+
+    def update_heartbeat(self, body: dict[str, Any]) -> None:
+        """Set what the next pings carry (the edge's load metrics)."""
+        self._heartbeat = dict(body)
+
+    def close(self, code: str, reason: str, now: float, error: ProtocolError | None = None) -> None:
+        """Close the session, telling the peer why. Idempotent."""
+        if self.state is State.CLOSED:
+            return
+        self._emit(Op.ERROR, now, body={"code": code, "reason": reason, "fatal": True})
+        self._transition(Trigger.CLOSE)
+        self.close_error = error
+        self._events.append(SessionClosed(code=code, reason=reason, by_peer=False))
+
+    # ---------------------------------------------------------------- receiving
+
+    def receive_frame(self, frame: bytes | str, now: float) -> None:
+        """Feed one frame from the transport; see `events_received()` afterwards."""
+        if self.state is State.CLOSED:
+            return
+        self._last_received = now
+        try:
+            env = codec.decode(frame, self.config.limits)
+            self._dispatch(env, now)
+        except RemoteProtocolError as exc:
+            self.close(exc.code, str(exc), now, error=exc)
+
+    def _dispatch(self, env: Envelope, now: float) -> None:
+        op = env.op
+        if op.value not in RECEIVABLE[(self.role, self.state)]:
+            raise RemoteProtocolError(
+                f"{op.value} is not allowed from the {self._peer_name} in state {self.state.value}"
+            )
+        if op is Op.PING:
+            self._emit(Op.PONG, now, parent=env.id)
+            self._events.append(PingReceived(body=env.body or {}))
+        elif op is Op.PONG:
+            sent = self._pings_sent.pop(env.parent or "", None)
+            if sent is not None:
+                self.rtt = now - sent
+        elif op is Op.ERROR:
+            self._on_error(env)
+        elif op is Op.ACK:
+            self._on_ack(env)
+        elif op is Op.HELLO:
+            self._on_hello(env, now)
+        elif op is Op.WELCOME:
+            self._on_welcome(env)
+        else:
+            self._on_reliable(env)
+
+    def _on_hello(self, env: Envelope, now: float) -> None:
+        body = env.body or {}
+        versions = body.get("versions")
+        applied = body.get("applied_rv")
+        if not isinstance(versions, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in versions
+        ):
+            raise RemoteProtocolError("hello.versions must be a list of integers")
+        if not isinstance(applied, int) or isinstance(applied, bool) or applied < 0:
+            raise RemoteProtocolError("hello.applied_rv must be a non-negative integer")
+        common = set(versions) & set(self.config.versions)
+        if not common:
+            raise UnsupportedVersion(
+                f"edge speaks protocol versions {versions[:8]}, cloud speaks "
+                f"{list(self.config.versions)}; upgrade the older side"
+            )
+        self.version = max(common)
+        self._transition(Trigger.RECV_HELLO)
+        self.start_sending_after(applied)
+        self._events.append(HelloReceived(version=self.version, applied_rv=applied, body=body))
+
+    def _on_welcome(self, env: Envelope) -> None:
+        body = env.body or {}
+        version = body.get("version")
+        received = body.get("received_seq")
+        if version not in self.config.versions:
+            raise UnsupportedVersion(f"cloud chose protocol version {version!r}, not offered")
+        if not isinstance(received, int) or isinstance(received, bool) or received < 0:
+            raise RemoteProtocolError("welcome.received_seq must be a non-negative integer")
+        assert isinstance(version, int)
+        self.version = version
+        self._transition(Trigger.RECV_WELCOME)
+        self.start_sending_after(received)
+        self._events.append(WelcomeReceived(version=version, received_seq=received, body=body))
+
+    def _on_reliable(self, env: Envelope) -> None:
+        cursor = env.rv if self.role is Role.EDGE else env.seq
+        name = "rv" if self.role is Role.EDGE else "seq"
+        if cursor is None:
+            raise RemoteProtocolError(f"{env.op.value} without {name!r}")
+        if env.res is None:
+            raise RemoteProtocolError(f"{env.op.value} without 'res'")
+        if cursor <= self._last_received_cursor:
+            raise RemoteProtocolError(
+                f"{env.op.value} {name}={cursor} does not follow {self._last_received_cursor}"
+            )
+        self._last_received_cursor = cursor
+        self._events.append(MessageReceived(envelope=env))
+
+    def _on_ack(self, env: Envelope) -> None:
+        cursor = env.rv if self.role is Role.CLOUD else env.seq
+        if cursor is None:
+            raise RemoteProtocolError("ack without a cursor")
+        if cursor > self._last_sent:
+            raise RemoteProtocolError(f"ack of {cursor}, beyond the last sent {self._last_sent}")
+        if cursor <= self._last_acked_by_peer:
+            return  # duplicate or stale ack: harmless
+        self._last_acked_by_peer = cursor
+        while self._in_flight and self._in_flight[0] <= cursor:
+            self._in_flight.popleft()
+        self._events.append(AckReceived(cursor=cursor))
+
+    def _on_error(self, env: Envelope) -> None:
+        body = env.body or {}
+        code = str(body.get("code", "error"))[:64]
+        reason = str(body.get("reason", ""))[:1024]
+        fatal = body.get("fatal") is True
+        self._events.append(ErrorReceived(code=code, reason=reason, parent=env.parent, fatal=fatal))
+        if fatal:
+            self._transition(Trigger.CLOSE)
+            self._events.append(SessionClosed(code=code, reason=reason, by_peer=True))
+
+    # ---------------------------------------------------------------- time
+
+    def next_deadline(self) -> float | None:
+        """When `handle_timer` must next be called (monotonic seconds), or None if closed."""
+        if self.state is State.CLOSED:
+            return None
+        if self.state is not State.OPEN:
+            return min(self._started + self.config.handshake_timeout, self._next_ping)
+        return min(self._next_ping, self._last_received + self.config.dead_after)
+
+    def handle_timer(self, now: float) -> None:
+        """Send due pings; close the session if the peer went silent or the handshake stalled."""
+        if self.state is State.CLOSED:
+            return
+        if self.state is not State.OPEN and now >= self._started + self.config.handshake_timeout:
+            self.close("timeout", f"no handshake within {self.config.handshake_timeout:g}s", now)
+            return
+        if now >= self._last_received + self.config.dead_after:
+            self.close(
+                "timeout",
+                f"nothing received from the {self._peer_name} for {now - self._last_received:.1f}s",
+                now,
+            )
+            return
+        if now >= self._next_ping:
+            if self.state is State.OPEN:
+                ping_id = self._emit(Op.PING, now, body=self._heartbeat or None)
+                self._pings_sent = {ping_id: now}  # only the latest matters for rtt
+            self._next_ping = now + self.config.ping_interval
+
+    # ---------------------------------------------------------------- output
+
+    def data_to_send(self) -> list[bytes]:
+        """Frames to write to the transport, in order. Clears the buffer."""
+        out, self._out = self._out, []
+        return out
+
+    def events_received(self) -> list[Event]:
+        """Events since the last call, in order. Clears the buffer."""
+        events, self._events = self._events, []
+        return events
+
+    # ---------------------------------------------------------------- internals
+
+    @property
+    def _peer_name(self) -> str:
+        return "edge" if self.role is Role.CLOUD else "cloud"
+
+    def _require(self, role: Role, state: State, what: str) -> None:
+        if self.role is not role or self.state is not state:
+            raise LocalProtocolError(f"{what} not allowed for {self.role.value} in {self.state}")
+
+    def _transition(self, trigger: Trigger) -> None:
+        nxt = TRANSITIONS.get((self.role, self.state, trigger))
+        if nxt is None:
+            raise LocalProtocolError(
+                f"{trigger.value} is not allowed for {self.role.value} in {self.state.value}"
+            )
+        self.state = nxt
+
+    def _emit(
+        self,
+        op: Op,
+        now: float,
+        *,
+        res: str | None = None,
+        rv: int | None = None,
+        seq: int | None = None,
+        parent: str | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> str:
+        wall = int(now * 1000) + self._wall_offset_ms
+        msg_id = new_ulid(wall)
+        env = Envelope(op=op, id=msg_id, ts=wall, res=res, rv=rv, seq=seq, parent=parent, body=body)
+        self._out.append(codec.encode(env, self.config.limits))
+        return msg_id
