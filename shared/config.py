@@ -99,8 +99,10 @@ def _convert(hint: Any, value: Any, source: str, key: str) -> Any:
         return float(value)
     if hint is Any:
         return value
-    if isinstance(hint, type) and isinstance(value, hint) and not (
-        hint is int and isinstance(value, bool)
+    if (
+        isinstance(hint, type)
+        and isinstance(value, hint)
+        and not (hint is int and isinstance(value, bool))
     ):
         return value
     raise ConfigError(

@@ -120,6 +120,10 @@ class Session:
     def is_open(self) -> bool:
         return self.state is State.OPEN
 
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
     def send_capacity(self) -> int:
         """How many more reliable messages `send` accepts before acks arrive."""
         if self.state is not State.OPEN:

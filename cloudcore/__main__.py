@@ -1,0 +1,69 @@
+"""`cloudcore`: the cloud controller daemon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from shared.config import render_defaults
+from shared.errors import EdgesyncError
+
+DESCRIPTION = """\
+edgesync cloud controller. Holds the fleet's desired state, serves edges
+over mutually-authenticated WebSocket (default :10000) and joins plus the
+operator API over HTTPS (default :10002). On first start it creates a CA,
+a server certificate and an admin token in the data dir, and writes an
+edgectl config there (edgectl.yaml).
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="cloudcore",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", type=Path, help="YAML config file (see --print-default-config)")
+    parser.add_argument("--data-dir", help="overrides data_dir from the config file")
+    parser.add_argument(
+        "--print-default-config",
+        action="store_true",
+        help="print the default configuration with comments and exit",
+    )
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (overrides config)")
+    args = parser.parse_args(argv)
+
+    from cloudcore.config import CloudConfig, load_cloud_config
+
+    if args.print_default_config:
+        sys.stdout.write(render_defaults(CloudConfig))
+        return 0
+    if sys.version_info < (3, 11):
+        print("cloudcore: needs Python 3.11 or newer (edgecore runs on 3.10)", file=sys.stderr)
+        return 2
+    try:
+        config = load_cloud_config(args.config, args.data_dir)
+    except EdgesyncError as exc:
+        print(f"cloudcore: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=(args.log_level or config.log_level).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from cloudcore.app import CloudCore
+
+    try:
+        asyncio.run(CloudCore(config).run())
+    except EdgesyncError as exc:
+        logging.getLogger("cloudcore").error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

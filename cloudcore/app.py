@@ -1,0 +1,149 @@
+"""cloudcore: wires the store, PKI, hub, scheduler and API under one TaskGroup."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import ssl
+
+import yaml
+from aiohttp import web
+
+from cloudcore.api import Api
+from cloudcore.config import CloudConfig
+from cloudcore.dbthread import DbThread
+from cloudcore.hub.tls import server_context
+from cloudcore.hub.websocket import WebSocketServer
+from cloudcore.pki import CloudPKI, write_private
+from cloudcore.scheduler import Scheduler
+from cloudcore.store import CloudStore
+from cloudcore.sync import Hub
+from shared.clock import Clock, SystemClock
+
+log = logging.getLogger("cloudcore")
+
+
+class CloudCore:
+    def __init__(self, config: CloudConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.data_dir = config.data_path
+        self.pki = CloudPKI(self.data_dir, list(config.pki.hosts))
+        self.store = CloudStore(config.db_url, config.sqlite_synchronous)
+        self.db = DbThread()
+        self.hub = Hub(
+            self.store, self.db, self.clock, config.hub.session_config(), config.result_history
+        )
+        self.scheduler = Scheduler(self.store, self.db, self.clock, self.hub.notify)
+        self.hub.on_labels_changed = self.scheduler.reconcile
+        self.websocket_port = 0
+        self.api_port = 0
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Start everything, serve until SIGTERM/SIGINT, then shut down in order."""
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        now = dt.datetime.fromtimestamp(self.clock.time_ms() / 1000, dt.timezone.utc)
+        self.pki.ensure(now)
+        await self.db.run(self.store.create_schema)
+        ws_ssl = server_context(
+            self.pki.server_cert_path, self.pki.server_key_path, self.pki.ca_cert_path
+        )
+        ws = WebSocketServer(
+            self.hub.serve,
+            ws_ssl,
+            self.config.hub.max_frame_bytes,
+            self.config.hub.handshake_timeout,
+            self.config.hub.compression,
+        )
+        self.websocket_port = await ws.start(self.config.hub.listen, self.config.hub.websocket_port)
+        api = Api(
+            store=self.store,
+            db=self.db,
+            pki_files=self.pki,
+            scheduler=self.scheduler,
+            hub=self.hub,
+            clock=self.clock,
+            node_cert_days=self.config.pki.node_cert_days,
+            default_token_ttl=self.config.pki.default_token_ttl,
+            websocket_port=lambda: self.websocket_port,
+            insecure_no_auth=self.config.api.insecure_no_auth,
+        )
+        runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        api_ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        api_ssl.load_cert_chain(self.pki.server_cert_path, self.pki.server_key_path)
+        site = web.TCPSite(
+            runner, self.config.api.listen, self.config.api.port, ssl_context=api_ssl
+        )
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        self.api_port = int(sockets[0].getsockname()[1]) if sockets else self.config.api.port
+        if self.config.api.insecure_no_auth:
+            log.warning("operator API runs WITHOUT authentication (api.insecure_no_auth)")
+        self._write_runtime_files()
+        await self.scheduler.reconcile()
+        log.info(
+            "cloudcore ready: wss://%s:%d/edgesync/v1, https://%s:%d (data in %s)",
+            self.config.hub.listen,
+            self.websocket_port,
+            self.config.api.listen,
+            self.api_port,
+            self.data_dir,
+        )
+        _notify_systemd("READY=1")
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        try:
+            await self._stop.wait()
+        finally:
+            log.info("cloudcore shutting down")
+            _notify_systemd("STOPPING=1")
+            await ws.stop()
+            await self.hub.close_all("cloudcore is shutting down")
+            await runner.cleanup()
+            self.db.shutdown()
+            self.store.close()
+
+    def _write_runtime_files(self) -> None:
+        host = self.config.pki.hosts[0] if self.config.pki.hosts else "127.0.0.1"
+        server = f"https://{host}:{self.api_port}"
+        edgectl = {
+            "server": server,
+            "token": self.pki.admin_token(),
+            "ca": self.pki.ca_pem.decode(),
+        }
+        write_private(
+            self.data_dir / "edgectl.yaml", yaml.safe_dump(edgectl, sort_keys=False).encode()
+        )
+        state = {
+            "pid": os.getpid(),
+            "websocket_port": self.websocket_port,
+            "api_port": self.api_port,
+            "api": server,
+        }
+        (self.data_dir / "cloudcore.json").write_text(json.dumps(state) + "\n")
+
+
+def _notify_systemd(state: str) -> None:
+    """sd_notify without a dependency: one datagram to $NOTIFY_SOCKET, if set."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    import socket
+
+    addr = "\0" + path[1:] if path.startswith("@") else path
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(addr)
+            sock.sendall(state.encode())
+        except OSError as exc:
+            log.debug("sd_notify failed: %s", exc)

@@ -1,0 +1,718 @@
+"""cloudcore's database: the only module that issues SQL on the cloud side.
+
+SQLAlchemy 2 Core (not ORM) because the hot paths are batch reads of the
+per-node desired-state log and batch writes of results; design.md's
+measurements put Core at ~1.6x ORM bulk and ~70x ORM merge-per-row.
+
+Schema (docs/protocol.md §6 explains the cursors):
+- nodes: identity, labels, capacity, health, and the two cursors:
+  `acked_rv` (highest desired-state rv the edge applied) and
+  `received_seq` (highest outbox seq the cloud applied from the edge).
+- desired: the per-node desired-state log, compacted: one row per
+  (node, resource) holding its latest rv; deletes are tombstones.
+- tasks / assignments / results: what operators asked for, where it was
+  placed (with an epoch for fencing), and what happened.
+- join_tokens: hashed single-use join secrets.
+- counters: the global rv sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+from shared.errors import JoinError, NotFound, StoreError
+from shared.pki import hash_token_secret, token_secret_matches
+from shared.protocol.messages import Envelope
+
+log = logging.getLogger(__name__)
+
+metadata = sa.MetaData()
+
+nodes = sa.Table(
+    "nodes",
+    metadata,
+    sa.Column("name", sa.String(63), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False, default="Unknown"),
+    sa.Column("reason", sa.String(256), nullable=False, default=""),
+    sa.Column("labels", sa.JSON, nullable=False, default=dict),
+    sa.Column("capacity", sa.JSON, nullable=False, default=dict),
+    sa.Column("heartbeat", sa.JSON, nullable=False, default=dict),
+    sa.Column("software", sa.String(64), nullable=False, default=""),
+    sa.Column("store_id", sa.String(64), nullable=True),
+    sa.Column("acked_rv", sa.BigInteger, nullable=False, default=0),
+    sa.Column("received_seq", sa.BigInteger, nullable=False, default=0),
+    sa.Column("joined_ms", sa.BigInteger, nullable=False),
+    sa.Column("last_seen_ms", sa.BigInteger, nullable=False, default=0),
+    sa.Column("connected_ms", sa.BigInteger, nullable=False, default=0),
+    sa.Column("transport", sa.String(16), nullable=False, default=""),
+    sa.Column("peer", sa.String(128), nullable=False, default=""),
+)
+
+desired = sa.Table(
+    "desired",
+    metadata,
+    sa.Column("node", sa.String(63), primary_key=True),
+    sa.Column("res", sa.String(200), primary_key=True),
+    sa.Column("rv", sa.BigInteger, nullable=False),
+    sa.Column("op", sa.String(16), nullable=False),
+    sa.Column("body", sa.JSON, nullable=True),
+    sa.Index("ix_desired_node_rv", "node", "rv"),
+)
+
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("namespace", sa.String(63), primary_key=True),
+    sa.Column("name", sa.String(63), primary_key=True),
+    sa.Column("document", sa.JSON, nullable=False),
+    sa.Column("generation", sa.BigInteger, nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+)
+
+assignments = sa.Table(
+    "assignments",
+    metadata,
+    sa.Column("res", sa.String(200), primary_key=True),
+    sa.Column("node", sa.String(63), primary_key=True),
+    sa.Column("epoch", sa.BigInteger, nullable=False),
+    sa.Column("generation", sa.BigInteger, nullable=False),
+    sa.Column("rv", sa.BigInteger, nullable=False),
+    sa.Column("phase", sa.String(16), nullable=False),
+    sa.Column("runs", sa.BigInteger, nullable=False, default=0),
+    sa.Column("last_result", sa.JSON, nullable=True),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+)
+
+results = sa.Table(
+    "results",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("node", sa.String(63), nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("res", sa.String(200), nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("epoch", sa.BigInteger, nullable=False),
+    sa.Column("generation", sa.BigInteger, nullable=False),
+    sa.Column("phase", sa.String(16), nullable=False),
+    sa.Column("stale", sa.Boolean, nullable=False, default=False),
+    sa.Column("body", sa.JSON, nullable=False),
+    sa.Column("received_ms", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("node", "seq", name="uq_results_node_seq"),
+    sa.Index("ix_results_res_node", "res", "node", "id"),
+)
+
+join_tokens = sa.Table(
+    "join_tokens",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("node", sa.String(63), nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("expires_ms", sa.BigInteger, nullable=False),
+    sa.Column("used_ms", sa.BigInteger, nullable=True),
+)
+
+counters = sa.Table(
+    "counters",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+)
+
+TERMINAL_PHASES = ("succeeded", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredRow:
+    res: str
+    rv: int
+    op: str
+    body: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamOutcome:
+    """What happened to one upstream message: applied, duplicate, stale or forbidden."""
+
+    envelope: Envelope
+    verdict: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where one task must run, as computed by the scheduler."""
+
+    res: str
+    generation: int
+    document: dict[str, Any]
+    nodes: frozenset[str]
+
+
+def _sqlite_pragmas(synchronous: str) -> Any:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute("PRAGMA busy_timeout=5000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    return on_connect
+
+
+class CloudStore:
+    """Synchronous repository; the daemon runs it on one dedicated DB thread.
+
+    Error handling: every SQLAlchemy error is translated to StoreError with
+    the failing operation named; nothing half-done is committed.
+    """
+
+    def __init__(self, url: str, sqlite_synchronous: str = "FULL") -> None:
+        if sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise StoreError(f"sqlite_synchronous must be NORMAL or FULL, not {sqlite_synchronous}")
+        self.url = url
+        self.engine: Engine = sa.create_engine(url, future=True, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas(sqlite_synchronous.upper()))
+
+    def create_schema(self) -> None:
+        with self._tx("create schema") as conn:
+            metadata.create_all(conn)
+            exists = conn.execute(
+                sa.select(counters.c.value).where(counters.c.name == "rv")
+            ).scalar_one_or_none()
+            if exists is None:
+                conn.execute(sa.insert(counters).values(name="rv", value=0))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self, what: str) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(
+                f"database error while trying to {what}: {exc.__class__.__name__}: "
+                f"{str(exc).splitlines()[0][:300]}"
+            ) from exc
+
+    def _next_rvs(self, conn: Connection, count: int) -> int:
+        """Reserve `count` revisions; returns the first. The row lock orders commits by rv."""
+        value = conn.execute(
+            sa.update(counters)
+            .where(counters.c.name == "rv")
+            .values(value=counters.c.value + count)
+            .returning(counters.c.value)
+        ).scalar_one()
+        return int(value) - count + 1
+
+    # ---------------------------------------------------------------- join tokens
+
+    def add_join_token(
+        self, token_id: str, node: str, secret: str, now_ms: int, expires_ms: int
+    ) -> None:
+        with self._tx("store a join token") as conn:
+            conn.execute(
+                sa.insert(join_tokens).values(
+                    id=token_id,
+                    node=node,
+                    secret_hash=hash_token_secret(secret),
+                    created_ms=now_ms,
+                    expires_ms=expires_ms,
+                )
+            )
+
+    def consume_join_token(self, token_id: str, secret: str, now_ms: int) -> str:
+        """Mark a token used; returns its node. JoinError if unknown, forged, expired or used."""
+        with self._tx("consume a join token") as conn:
+            row = conn.execute(
+                sa.select(join_tokens).where(join_tokens.c.id == token_id)
+            ).one_or_none()
+            if row is None or not token_secret_matches(secret, row.secret_hash):
+                raise JoinError("join token is not valid for this cloud (unknown or forged)")
+            if row.used_ms is not None:
+                raise JoinError(
+                    f"join token for node {row.node!r} was already used; create a new one "
+                    "with `edgectl token create`"
+                )
+            if now_ms >= row.expires_ms:
+                raise JoinError(
+                    f"join token for node {row.node!r} expired; create a new one with "
+                    "`edgectl token create`"
+                )
+            updated = conn.execute(
+                sa.update(join_tokens)
+                .where(join_tokens.c.id == token_id, join_tokens.c.used_ms.is_(None))
+                .values(used_ms=now_ms)
+            ).rowcount
+            if updated != 1:
+                raise JoinError("join token was used concurrently by another join")
+            return str(row.node)
+
+    # ---------------------------------------------------------------- nodes
+
+    def register_node(self, name: str, now_ms: int) -> None:
+        """Create a node at join, or reset a re-joining node's cursors (its store is new)."""
+        with self._tx(f"register node {name}") as conn:
+            exists = conn.execute(
+                sa.select(nodes.c.name).where(nodes.c.name == name)
+            ).scalar_one_or_none()
+            values = dict(
+                state="NotReady",
+                reason="joined, not connected yet",
+                acked_rv=0,
+                received_seq=0,
+                store_id=None,
+                joined_ms=now_ms,
+            )
+            if exists is None:
+                conn.execute(
+                    sa.insert(nodes).values(
+                        name=name, labels={}, capacity={}, heartbeat={}, **values
+                    )
+                )
+            else:
+                conn.execute(sa.update(nodes).where(nodes.c.name == name).values(**values))
+
+    def node_exists(self, name: str) -> bool:
+        with self._tx("look up a node") as conn:
+            return (
+                conn.execute(
+                    sa.select(nodes.c.name).where(nodes.c.name == name)
+                ).scalar_one_or_none()
+                is not None
+            )
+
+    def node_connected(
+        self,
+        name: str,
+        *,
+        store_id: str,
+        labels: dict[str, str],
+        capacity: dict[str, Any],
+        software: str,
+        applied_rv: int,
+        transport: str,
+        peer: str,
+        now_ms: int,
+    ) -> tuple[int, bool]:
+        """Record a session start; returns (received_seq to announce, labels_changed).
+
+        If the edge's store is new (`store_id` changed: reinstalled, disk
+        replaced) its outbox numbering restarted, so `received_seq` resets to 0.
+        The edge's `applied_rv` is the truth for what it holds.
+        """
+        with self._tx(f"record the session of {name}") as conn:
+            row = conn.execute(sa.select(nodes).where(nodes.c.name == name)).one_or_none()
+            if row is None:
+                raise NotFound(f"node {name!r} is not registered; join it first")
+            received_seq = int(row.received_seq)
+            if row.store_id is not None and row.store_id != store_id:
+                log.warning(
+                    "node %s has a new local store (was %s, now %s); its outbox numbering restarts",
+                    name,
+                    row.store_id,
+                    store_id,
+                )
+                received_seq = 0
+            conn.execute(
+                sa.update(nodes)
+                .where(nodes.c.name == name)
+                .values(
+                    state="Ready",
+                    reason="connected",
+                    labels=labels,
+                    capacity=capacity,
+                    software=software[:64],
+                    store_id=store_id,
+                    acked_rv=applied_rv,
+                    received_seq=received_seq,
+                    last_seen_ms=now_ms,
+                    connected_ms=now_ms,
+                    transport=transport,
+                    peer=peer[:128],
+                )
+            )
+            return received_seq, dict(row.labels or {}) != labels
+
+    def node_heartbeat(self, name: str, heartbeat: dict[str, Any], now_ms: int) -> None:
+        with self._tx(f"record a heartbeat of {name}") as conn:
+            conn.execute(
+                sa.update(nodes)
+                .where(nodes.c.name == name)
+                .values(heartbeat=heartbeat, last_seen_ms=now_ms, state="Ready", reason="heartbeat")
+            )
+
+    def node_disconnected(self, name: str, reason: str, now_ms: int) -> None:
+        with self._tx(f"record the disconnect of {name}") as conn:
+            conn.execute(
+                sa.update(nodes)
+                .where(nodes.c.name == name)
+                .values(state="NotReady", reason=reason[:256], last_seen_ms=now_ms)
+            )
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        with self._tx("list nodes") as conn:
+            rows = conn.execute(sa.select(nodes).order_by(nodes.c.name)).mappings().all()
+            return [dict(r) for r in rows]
+
+    def get_node(self, name: str) -> dict[str, Any]:
+        with self._tx("read a node") as conn:
+            row = (
+                conn.execute(sa.select(nodes).where(nodes.c.name == name)).mappings().one_or_none()
+            )
+            if row is None:
+                raise NotFound(f"node {name!r} not found")
+            node = dict(row)
+            node["assignments"] = [
+                dict(r)
+                for r in conn.execute(
+                    sa.select(assignments)
+                    .where(assignments.c.node == name)
+                    .order_by(assignments.c.res)
+                ).mappings()
+            ]
+            return node
+
+    def delete_node(self, name: str) -> None:
+        with self._tx(f"delete node {name}") as conn:
+            if conn.execute(sa.delete(nodes).where(nodes.c.name == name)).rowcount == 0:
+                raise NotFound(f"node {name!r} not found")
+            conn.execute(sa.delete(desired).where(desired.c.node == name))
+            conn.execute(sa.delete(assignments).where(assignments.c.node == name))
+
+    # ---------------------------------------------------------------- tasks
+
+    def put_task(self, namespace: str, name: str, document: dict[str, Any], now_ms: int) -> int:
+        """Create or update a task; returns its generation (bumped only when the spec changed)."""
+        with self._tx(f"save task {namespace}/{name}") as conn:
+            row = conn.execute(
+                sa.select(tasks).where(tasks.c.namespace == namespace, tasks.c.name == name)
+            ).one_or_none()
+            if row is None:
+                conn.execute(
+                    sa.insert(tasks).values(
+                        namespace=namespace,
+                        name=name,
+                        document=document,
+                        generation=1,
+                        created_ms=now_ms,
+                        updated_ms=now_ms,
+                    )
+                )
+                return 1
+            if row.document == document:
+                return int(row.generation)
+            generation = int(row.generation) + 1
+            conn.execute(
+                sa.update(tasks)
+                .where(tasks.c.namespace == namespace, tasks.c.name == name)
+                .values(document=document, generation=generation, updated_ms=now_ms)
+            )
+            return generation
+
+    def delete_task(self, namespace: str, name: str) -> None:
+        with self._tx(f"delete task {namespace}/{name}") as conn:
+            deleted = conn.execute(
+                sa.delete(tasks).where(tasks.c.namespace == namespace, tasks.c.name == name)
+            ).rowcount
+            if deleted == 0:
+                raise NotFound(f"task {namespace}/{name} not found")
+
+    def list_tasks(self) -> list[dict[str, Any]]:
+        with self._tx("list tasks") as conn:
+            rows = [
+                dict(r)
+                for r in conn.execute(
+                    sa.select(tasks).order_by(tasks.c.namespace, tasks.c.name)
+                ).mappings()
+            ]
+            by_res: dict[str, list[dict[str, Any]]] = {}
+            for a in conn.execute(sa.select(assignments).order_by(assignments.c.node)).mappings():
+                by_res.setdefault(a["res"], []).append(dict(a))
+            for row in rows:
+                row["assignments"] = by_res.get(f"task/{row['namespace']}/{row['name']}", [])
+            return rows
+
+    def get_task(self, namespace: str, name: str) -> dict[str, Any]:
+        res = f"task/{namespace}/{name}"
+        with self._tx(f"read task {namespace}/{name}") as conn:
+            row = (
+                conn.execute(
+                    sa.select(tasks).where(tasks.c.namespace == namespace, tasks.c.name == name)
+                )
+                .mappings()
+                .one_or_none()
+            )
+            if row is None:
+                raise NotFound(f"task {namespace}/{name} not found")
+            task = dict(row)
+            task["assignments"] = [
+                dict(a)
+                for a in conn.execute(
+                    sa.select(assignments)
+                    .where(assignments.c.res == res)
+                    .order_by(assignments.c.node)
+                ).mappings()
+            ]
+            task["results"] = [
+                dict(r)
+                for r in conn.execute(
+                    sa.select(results)
+                    .where(results.c.res == res)
+                    .order_by(results.c.id.desc())
+                    .limit(100)
+                ).mappings()
+            ]
+            return task
+
+    def scheduling_inputs(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Tasks and nodes as the scheduler needs them."""
+        with self._tx("read scheduling inputs") as conn:
+            task_rows = [dict(r) for r in conn.execute(sa.select(tasks)).mappings()]
+            node_rows = [
+                dict(r)
+                for r in conn.execute(
+                    sa.select(nodes.c.name, nodes.c.labels, nodes.c.state)
+                ).mappings()
+            ]
+            return task_rows, node_rows
+
+    def apply_placements(self, placements: Sequence[Placement], now_ms: int) -> set[str]:
+        """Make assignments and the desired log match the placements, in one transaction.
+
+        A new or changed assignment writes the task into that node's desired
+        log with a fresh rv; a removed one (task deleted or node no longer
+        selected) writes a tombstone. Returns the nodes whose log changed.
+        """
+        changed: set[str] = set()
+        with self._tx("apply task placements") as conn:
+            current: dict[tuple[str, str], Any] = {
+                (a.res, a.node): a for a in conn.execute(sa.select(assignments))
+            }
+            wanted = {(p.res, n): p for p in placements for n in p.nodes}
+            writes: list[tuple[str, str, str, dict[str, Any] | None, Any]] = []
+            for key, p in wanted.items():
+                row = current.get(key)
+                if row is None or row.generation != p.generation:
+                    writes.append((key[0], key[1], "apply", None, p))
+            for key in current:
+                if key not in wanted:
+                    writes.append((key[0], key[1], "delete", None, None))
+            if not writes:
+                return changed
+            rv = self._next_rvs(conn, len(writes))
+            for res, node, op, _, p in writes:
+                changed.add(node)
+                if op == "apply":
+                    row = current.get((res, node))
+                    epoch = int(row.epoch) if row is not None else 1
+                    body = {"document": p.document, "generation": p.generation, "epoch": epoch}
+                    self._upsert_desired(conn, node, res, rv, "apply", body)
+                    if row is None:
+                        conn.execute(
+                            sa.insert(assignments).values(
+                                res=res,
+                                node=node,
+                                epoch=epoch,
+                                generation=p.generation,
+                                rv=rv,
+                                phase="scheduled",
+                                runs=0,
+                                updated_ms=now_ms,
+                            )
+                        )
+                    else:
+                        conn.execute(
+                            sa.update(assignments)
+                            .where(assignments.c.res == res, assignments.c.node == node)
+                            .values(
+                                generation=p.generation, rv=rv, phase="scheduled", updated_ms=now_ms
+                            )
+                        )
+                else:
+                    self._upsert_desired(conn, node, res, rv, "delete", None)
+                    conn.execute(
+                        sa.delete(assignments).where(
+                            assignments.c.res == res, assignments.c.node == node
+                        )
+                    )
+                rv += 1
+        return changed
+
+    def _upsert_desired(
+        self,
+        conn: Connection,
+        node: str,
+        res: str,
+        rv: int,
+        op: str,
+        body: dict[str, Any] | None,
+    ) -> None:
+        updated = conn.execute(
+            sa.update(desired)
+            .where(desired.c.node == node, desired.c.res == res)
+            .values(rv=rv, op=op, body=body)
+        ).rowcount
+        if updated == 0:
+            conn.execute(sa.insert(desired).values(node=node, res=res, rv=rv, op=op, body=body))
+
+    # ---------------------------------------------------------------- sync
+
+    def desired_after(self, node: str, rv: int, limit: int) -> list[DesiredRow]:
+        """The node's desired state newer than `rv`, in rv order (compacted, with tombstones)."""
+        with self._tx(f"read the desired state of {node}") as conn:
+            rows = conn.execute(
+                sa.select(desired.c.res, desired.c.rv, desired.c.op, desired.c.body)
+                .where(desired.c.node == node, desired.c.rv > rv)
+                .order_by(desired.c.rv)
+                .limit(limit)
+            ).all()
+            return [DesiredRow(r.res, int(r.rv), r.op, r.body) for r in rows]
+
+    def record_acked(self, node: str, rv: int, now_ms: int) -> None:
+        """The edge durably applied everything up to `rv`: advance its cursor, settle phases,
+        and drop tombstones it no longer needs."""
+        with self._tx(f"record the ack of {node}") as conn:
+            conn.execute(
+                sa.update(nodes)
+                .where(nodes.c.name == node, nodes.c.acked_rv < rv)
+                .values(acked_rv=rv, last_seen_ms=now_ms)
+            )
+            conn.execute(
+                sa.update(assignments)
+                .where(
+                    assignments.c.node == node,
+                    assignments.c.rv <= rv,
+                    assignments.c.phase == "scheduled",
+                )
+                .values(phase="dispatched", updated_ms=now_ms)
+            )
+            conn.execute(
+                sa.delete(desired).where(
+                    desired.c.node == node, desired.c.op == "delete", desired.c.rv <= rv
+                )
+            )
+
+    def record_upstream(
+        self, node: str, envelopes: Iterable[Envelope], now_ms: int, history: int
+    ) -> list[UpstreamOutcome]:
+        """Apply a batch of reports/results from `node` in one transaction, idempotently.
+
+        Messages at or below the node's `received_seq` are duplicates and
+        change nothing. A message about a resource not assigned to this node
+        is refused as forbidden (and still consumed, so the edge's outbox does
+        not jam). A result from an older epoch is kept but marked stale and
+        never overwrites the current state.
+        """
+        outcomes: list[UpstreamOutcome] = []
+        with self._tx(f"apply reports from {node}") as conn:
+            received = conn.execute(
+                sa.select(nodes.c.received_seq).where(nodes.c.name == node)
+            ).scalar_one()
+            top = int(received)
+            for env in envelopes:
+                assert env.seq is not None and env.res is not None
+                if env.seq <= top:
+                    outcomes.append(UpstreamOutcome(env, "duplicate"))
+                    continue
+                top = env.seq
+                outcomes.append(self._apply_upstream(conn, node, env, now_ms, history))
+            if top > received:
+                conn.execute(
+                    sa.update(nodes)
+                    .where(nodes.c.name == node)
+                    .values(received_seq=top, last_seen_ms=now_ms)
+                )
+        return outcomes
+
+    def _apply_upstream(
+        self, conn: Connection, node: str, env: Envelope, now_ms: int, history: int
+    ) -> UpstreamOutcome:
+        assert env.res is not None and env.seq is not None
+        assignment = conn.execute(
+            sa.select(assignments).where(assignments.c.res == env.res, assignments.c.node == node)
+        ).one_or_none()
+        if assignment is None:
+            return UpstreamOutcome(env, "forbidden", f"{env.res} is not assigned to node {node}")
+        body = env.body or {}
+        epoch = body.get("epoch")
+        generation = body.get("generation")
+        run_id = body.get("run_id")
+        phase = body.get("phase")
+        if not (
+            isinstance(epoch, int)
+            and isinstance(generation, int)
+            and isinstance(run_id, str)
+            and isinstance(phase, str)
+        ):
+            return UpstreamOutcome(
+                env,
+                "invalid",
+                "report/result needs integer epoch and generation, string run_id and phase",
+            )
+        stale = epoch < int(assignment.epoch)
+        if env.op.value == "result":
+            conn.execute(
+                sa.insert(results).values(
+                    node=node,
+                    seq=env.seq,
+                    res=env.res,
+                    run_id=run_id[:64],
+                    epoch=epoch,
+                    generation=generation,
+                    phase=phase[:16],
+                    stale=stale,
+                    body=body,
+                    received_ms=now_ms,
+                )
+            )
+            self._trim_results(conn, env.res, node, history)
+        if stale:
+            return UpstreamOutcome(
+                env, "stale", f"epoch {epoch} is older than the current {assignment.epoch}"
+            )
+        values: dict[str, Any] = {"phase": phase[:16], "updated_ms": now_ms}
+        if env.op.value == "result":
+            values["runs"] = assignments.c.runs + 1
+            values["last_result"] = body
+        conn.execute(
+            sa.update(assignments)
+            .where(assignments.c.res == env.res, assignments.c.node == node)
+            .values(**values)
+        )
+        return UpstreamOutcome(env, "applied")
+
+    def _trim_results(self, conn: Connection, res: str, node: str, keep: int) -> None:
+        cutoff = conn.execute(
+            sa.select(results.c.id)
+            .where(results.c.res == res, results.c.node == node)
+            .order_by(results.c.id.desc())
+            .offset(keep)
+            .limit(1)
+        ).scalar_one_or_none()
+        if cutoff is not None:
+            conn.execute(
+                sa.delete(results).where(
+                    results.c.res == res, results.c.node == node, results.c.id <= cutoff
+                )
+            )
+
+    def results_for(self, res: str, node: str | None = None) -> list[dict[str, Any]]:
+        with self._tx("read results") as conn:
+            q = sa.select(results).where(results.c.res == res)
+            if node is not None:
+                q = q.where(results.c.node == node)
+            return [dict(r) for r in conn.execute(q.order_by(results.c.id)).mappings()]

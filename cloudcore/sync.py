@@ -1,0 +1,410 @@
+"""Cloud side of the sync protocol: one `NodeSession` per connected edge.
+
+It drives the sans-I/O `Session` over a `Channel` (any transport) and the
+store: desired state goes down from the node's cursor in a window, acks
+advance the cursor, reports and results come up and are applied
+idempotently by (node, seq) before they are acked (docs/protocol.md §6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from cloudcore.dbthread import DbThread
+from cloudcore.store import CloudStore
+from shared.clock import Clock
+from shared.errors import LinkError, StoreError
+from shared.protocol.events import (
+    AckReceived,
+    ErrorReceived,
+    HelloReceived,
+    MessageReceived,
+    PingReceived,
+    SessionClosed,
+)
+from shared.protocol.messages import Envelope, Op
+from shared.protocol.session import Session, SessionConfig
+from shared.protocol.states import Role, State
+from shared.transport import Channel
+
+log = logging.getLogger(__name__)
+
+PUMP_BATCH = 256
+
+
+@dataclass
+class HubStats:
+    """Counters for metrics and the API."""
+
+    sessions_opened: int = 0
+    sessions_replaced: int = 0
+    downstream_sent: int = 0
+    downstream_acked: int = 0
+    upstream_applied: int = 0
+    upstream_refused: int = 0
+    protocol_errors: int = 0
+    refused_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class Hub:
+    """The live sessions, at most one per node; transports hand every channel to `serve`."""
+
+    def __init__(
+        self,
+        store: CloudStore,
+        db: DbThread,
+        clock: Clock,
+        session_config: SessionConfig,
+        result_history: int,
+    ) -> None:
+        self.store = store
+        self.db = db
+        self.clock = clock
+        self.session_config = session_config
+        self.result_history = result_history
+        self.sessions: dict[str, NodeSession] = {}
+        self.stats = HubStats()
+        self.on_labels_changed: Any = None
+        """Async callable run when a node reports new labels (the scheduler's reconcile)."""
+
+    def notify(self, nodes: set[str]) -> None:
+        """New desired state exists for these nodes: wake their sessions."""
+        for node in nodes:
+            session = self.sessions.get(node)
+            if session is not None:
+                session.wake(more_desired=True)
+
+    async def serve(self, channel: Channel) -> None:
+        """Run one edge connection to its end. Never raises for what the peer does."""
+        session = NodeSession(self, channel)
+        try:
+            await session.run()
+        except StoreError as exc:
+            log.error(
+                "node %s (%s): database failure, closing its session: %s",
+                channel.node,
+                channel.peer,
+                exc,
+            )
+        finally:
+            await channel.close(1011 if session.failed else 1000, session.close_reason[:100])
+
+    async def close_all(self, reason: str) -> None:
+        for session in list(self.sessions.values()):
+            await session.shut(reason)
+
+
+class NodeSession:
+    def __init__(self, hub: Hub, channel: Channel) -> None:
+        self.hub = hub
+        self.channel = channel
+        self.node = channel.node
+        clock = hub.clock
+        self.session = Session(Role.CLOUD, hub.session_config, clock.monotonic(), clock.time_ms())
+        self.close_reason = "closed"
+        self.failed = False
+        self._wake = asyncio.Event()
+        self._more_desired = True
+        self._upstream: list[Envelope] = []
+        self._acked_to_persist = 0
+        self._acked_persisted = 0
+        self._heartbeat: dict[str, Any] | None = None
+        self._done = asyncio.Event()
+
+    def wake(self, more_desired: bool = False) -> None:
+        if more_desired:
+            self._more_desired = True
+        self._wake.set()
+
+    async def shut(self, reason: str) -> None:
+        """Close this session from outside (replaced by a newer one, shutdown) and wait for it."""
+        self.session.close("closing", reason, self.hub.clock.monotonic())
+        self.close_reason = reason
+        self._wake.set()
+        await self._flush_quietly()
+        await self.channel.close(1000, reason[:100])
+        await self._done.wait()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        try:
+            if await self._handshake():
+                self.hub.stats.sessions_opened += 1
+                async with asyncio.TaskGroup() as group:
+                    reader = group.create_task(self._read_loop(), name=f"read:{self.node}")
+                    group.create_task(self._work_loop(reader), name=f"work:{self.node}")
+        finally:
+            if self.hub.sessions.get(self.node) is self:
+                del self.hub.sessions[self.node]
+                await self.hub.db.run(
+                    self.hub.store.node_disconnected,
+                    self.node,
+                    self.close_reason,
+                    self.hub.clock.time_ms(),
+                )
+            self._done.set()
+
+    async def _handshake(self) -> bool:
+        clock = self.hub.clock
+        cfg = self.hub.session_config
+        deadline = clock.monotonic() + cfg.handshake_timeout
+        while self.session.state is State.AWAIT_HELLO:
+            remaining = deadline - clock.monotonic()
+            if remaining <= 0:
+                self.session.handle_timer(clock.monotonic())
+                break
+            try:
+                frame = await asyncio.wait_for(self.channel.recv(), remaining)
+            except (TimeoutError, asyncio.TimeoutError):
+                continue
+            except LinkError as exc:
+                self.close_reason = str(exc)
+                return False
+            self.session.receive_frame(frame, clock.monotonic())
+        for event in self.session.events_received():
+            if isinstance(event, HelloReceived):
+                return await self._accept(event)
+            if isinstance(event, SessionClosed):
+                self._log_closed(event)
+        await self._flush_quietly()
+        return False
+
+    async def _accept(self, hello: HelloReceived) -> bool:
+        hub, clock, body = self.hub, self.hub.clock, hello.body
+        if not await hub.db.run(hub.store.node_exists, self.node):
+            log.warning(
+                "node %s (%s) refused: not registered (deleted?); re-join it",
+                self.node,
+                self.channel.peer,
+            )
+            self.session.reject(
+                "unknown_node",
+                f"node {self.node} is not registered; join it again with a new token",
+                clock.monotonic(),
+            )
+            self.close_reason = "unknown node"
+            await self._flush_quietly()
+            return False
+        old = hub.sessions.get(self.node)
+        if old is not None:
+            log.info(
+                "node %s: new connection from %s replaces the one from %s",
+                self.node,
+                self.channel.peer,
+                old.channel.peer,
+            )
+            hub.stats.sessions_replaced += 1
+            hub.sessions[self.node] = self
+            await old.shut(f"replaced by a new connection from {self.channel.peer}")
+        hub.sessions[self.node] = self
+        labels = body.get("labels")
+        capacity = body.get("capacity")
+        received_seq, labels_changed = await hub.db.run(
+            hub.store.node_connected,
+            self.node,
+            store_id=str(body.get("store_id", ""))[:64],
+            labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+            capacity=capacity if isinstance(capacity, dict) else {},
+            software=str(body.get("software", "")),
+            applied_rv=hello.applied_rv,
+            transport=self.channel.transport,
+            peer=self.channel.peer,
+            now_ms=clock.time_ms(),
+        )
+        cfg = hub.session_config
+        self.session.accept(
+            received_seq,
+            {
+                "node": self.node,
+                "server_time": clock.time_ms(),
+                "config": {
+                    "ping_interval": cfg.ping_interval,
+                    "missed_pings": cfg.missed_pings,
+                    "window": cfg.window,
+                    "max_frame_bytes": cfg.limits.max_frame_bytes,
+                },
+            },
+            clock.monotonic(),
+        )
+        log.info(
+            "node %s connected from %s over %s (applied rv %d, received seq %d)",
+            self.node,
+            self.channel.peer,
+            self.channel.transport,
+            hello.applied_rv,
+            received_seq,
+        )
+        await self._flush()
+        if labels_changed and hub.on_labels_changed is not None:
+            await hub.on_labels_changed()
+        return True
+
+    # ------------------------------------------------------------ loops
+
+    async def _read_loop(self) -> None:
+        session, clock = self.session, self.hub.clock
+        while not session.closed:
+            try:
+                frame = await self.channel.recv()
+            except LinkError as exc:
+                self.close_reason = str(exc)
+                log.info("node %s: link lost: %s", self.node, exc)
+                session.close("link_lost", str(exc), clock.monotonic())
+                session.events_received()
+                break
+            session.receive_frame(frame, clock.monotonic())
+            self._handle_events()
+            await self._flush_quietly()
+        self._wake.set()
+
+    def _handle_events(self) -> None:
+        for event in self.session.events_received():
+            if isinstance(event, MessageReceived):
+                self._upstream.append(event.envelope)
+                self._wake.set()
+            elif isinstance(event, AckReceived):
+                self._acked_to_persist = event.cursor
+                self.hub.stats.downstream_acked = self.hub.stats.downstream_acked + 1
+                self._wake.set()
+            elif isinstance(event, PingReceived):
+                self._heartbeat = event.body
+                self._wake.set()
+            elif isinstance(event, ErrorReceived) and not event.fatal:
+                log.warning(
+                    "node %s reported an error about message %s: %s: %s",
+                    self.node,
+                    event.parent,
+                    event.code,
+                    event.reason,
+                )
+            elif isinstance(event, SessionClosed):
+                self._log_closed(event)
+
+    def _log_closed(self, event: SessionClosed) -> None:
+        self.close_reason = f"{event.code}: {event.reason}"
+        if event.by_peer:
+            log.info(
+                "node %s (%s) closed its session: %s",
+                self.node,
+                self.channel.peer,
+                self.close_reason,
+            )
+        elif event.code in ("timeout", "closing", "link_lost"):
+            log.warning(
+                "node %s (%s): session closed: %s", self.node, self.channel.peer, self.close_reason
+            )
+        else:
+            self.hub.stats.protocol_errors += 1
+            log.warning(
+                "node %s (%s): protocol violation, session closed: %s",
+                self.node,
+                self.channel.peer,
+                self.close_reason,
+            )
+
+    async def _work_loop(self, reader: asyncio.Task[None]) -> None:
+        session, clock = self.session, self.hub.clock
+        try:
+            while not session.closed:
+                self._wake.clear()
+                session.handle_timer(clock.monotonic())
+                self._handle_events()
+                await self._apply_upstream()
+                await self._persist()
+                await self._pump()
+                await self._flush()
+                if self._wake.is_set() or session.closed:
+                    continue
+                deadline = session.next_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - clock.monotonic())
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except (TimeoutError, asyncio.TimeoutError):
+                    pass
+        except LinkError as exc:
+            self.close_reason = str(exc)
+        except StoreError:
+            self.failed = True
+            raise
+        finally:
+            reader.cancel()
+
+    async def _apply_upstream(self) -> None:
+        if not self._upstream:
+            return
+        batch, self._upstream = self._upstream, []
+        hub = self.hub
+        outcomes = await hub.db.run(
+            hub.store.record_upstream, self.node, batch, hub.clock.time_ms(), hub.result_history
+        )
+        now = hub.clock.monotonic()
+        for outcome in outcomes:
+            env = outcome.envelope
+            if outcome.verdict in ("applied", "duplicate"):
+                hub.stats.upstream_applied += 1
+            elif outcome.verdict == "stale":
+                log.info(
+                    "node %s: %s for %s recorded as stale: %s",
+                    self.node,
+                    env.op.value,
+                    env.res,
+                    outcome.detail,
+                )
+            else:
+                hub.stats.upstream_refused += 1
+                hub.stats.refused_by_reason[outcome.verdict] = (
+                    hub.stats.refused_by_reason.get(outcome.verdict, 0) + 1
+                )
+                log.warning(
+                    "node %s (%s): refused %s for %s (seq %s): %s",
+                    self.node,
+                    self.channel.peer,
+                    env.op.value,
+                    env.res,
+                    env.seq,
+                    outcome.detail,
+                )
+                self.session.send_error(outcome.verdict, outcome.detail, env.id, now)
+        top = max(env.seq or 0 for env in batch)
+        self.session.ack(top, now)
+
+    async def _persist(self) -> None:
+        hub = self.hub
+        if self._acked_to_persist > self._acked_persisted:
+            cursor = self._acked_to_persist
+            await hub.db.run(hub.store.record_acked, self.node, cursor, hub.clock.time_ms())
+            self._acked_persisted = cursor
+        if self._heartbeat is not None:
+            heartbeat, self._heartbeat = self._heartbeat, None
+            await hub.db.run(hub.store.node_heartbeat, self.node, heartbeat, hub.clock.time_ms())
+
+    async def _pump(self) -> None:
+        session, hub = self.session, self.hub
+        while self._more_desired and session.send_capacity() > 0:
+            want = min(session.send_capacity(), PUMP_BATCH)
+            rows = await hub.db.run(hub.store.desired_after, self.node, session.last_sent, want)
+            if len(rows) < want:
+                self._more_desired = False
+            if session.state is not State.OPEN:
+                return
+            now = hub.clock.monotonic()
+            for row in rows:
+                op = Op.APPLY if row.op == "apply" else Op.DELETE
+                session.send(op, row.res, row.rv, row.body, now)
+            hub.stats.downstream_sent += len(rows)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        frames = self.session.data_to_send()
+        if frames:
+            await self.channel.send(frames)
+
+    async def _flush_quietly(self) -> None:
+        try:
+            await self._flush()
+        except LinkError:
+            pass
