@@ -16,13 +16,13 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from cloudcore.dbthread import DbThread
 from cloudcore.pki import CloudPKI
 from cloudcore.scheduler import Scheduler
 from cloudcore.store import CloudStore
 from cloudcore.sync import Hub
 from shared import pki
 from shared.clock import Clock
+from shared.dbthread import DbThread
 from shared.errors import JoinError, NotFound, ResourceError, StoreError
 from shared.resources import parse_task, validate_name
 
@@ -215,7 +215,7 @@ class Api:
         ttl = body.get("ttl", self.default_token_ttl)
         if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not 0 < ttl <= 7 * 86400:
             raise ResourceError("ttl: must be a number of seconds in (0, 604800]")
-        token = pki.new_join_token(self.pki.ca_cert)
+        token = pki.new_join_token(self.pki.ca_cert, node)
         now_ms = self.clock.time_ms()
         expires_ms = now_ms + int(ttl * 1000)
         await self.db.run(

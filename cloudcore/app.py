@@ -15,7 +15,6 @@ from aiohttp import web
 
 from cloudcore.api import Api
 from cloudcore.config import CloudConfig
-from cloudcore.dbthread import DbThread
 from cloudcore.hub.tls import server_context
 from cloudcore.hub.websocket import WebSocketServer
 from cloudcore.pki import CloudPKI, write_private
@@ -23,6 +22,7 @@ from cloudcore.scheduler import Scheduler
 from cloudcore.store import CloudStore
 from cloudcore.sync import Hub
 from shared.clock import Clock, SystemClock
+from shared.dbthread import DbThread
 
 log = logging.getLogger("cloudcore")
 

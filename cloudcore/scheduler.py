@@ -12,9 +12,9 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from cloudcore.dbthread import DbThread
 from cloudcore.store import CloudStore, Placement
 from shared.clock import Clock
+from shared.dbthread import DbThread
 from shared.errors import ResourceError
 from shared.resources import parse_task
 

@@ -13,9 +13,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloudcore.dbthread import DbThread
 from cloudcore.store import CloudStore
 from shared.clock import Clock
+from shared.dbthread import DbThread
 from shared.errors import LinkError, StoreError
 from shared.protocol.events import (
     AckReceived,

@@ -27,7 +27,7 @@ class BackoffPolicy:
 def backoff(policy: BackoffPolicy, rng: random.Random | None = None) -> Iterator[float]:
     """Yield delays forever: full jitter over an exponentially growing, capped bound."""
     rand = rng or random.Random()
-    bound = policy.initial
+    bound = min(policy.initial, policy.cap)
     while True:
         yield rand.uniform(0.0, bound)
         bound = min(policy.cap, bound * policy.factor)

@@ -425,8 +425,13 @@ class JoinToken:
     ca_hash: str
     token_id: str
     secret: str = field(repr=False)
+    node: str = ""
+    """The node this token joins. A hint for the edge's CSR only: the cloud trusts its
+    own record of the token, never this field."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.node, str) or _NODE_NAME_RE.fullmatch(self.node) is None:
+            raise JoinError("malformed join token: the node name part is not a valid name")
         if not isinstance(self.ca_hash, str) or _HEX64_RE.fullmatch(self.ca_hash) is None:
             raise JoinError(
                 "malformed join token: the CA hash must be 64 lowercase hexadecimal characters"
@@ -441,32 +446,34 @@ class JoinToken:
             )
 
     def __str__(self) -> str:
-        return f"{TOKEN_PREFIX}.{self.ca_hash}.{self.token_id}.{self.secret}"
+        return f"{TOKEN_PREFIX}.{self.ca_hash}.{self.token_id}.{self.secret}.{self.node}"
 
 
-def new_join_token(ca_cert: x509.Certificate) -> JoinToken:
+def new_join_token(ca_cert: x509.Certificate, node: str) -> JoinToken:
     """A fresh token pinned to `ca_cert`; the caller stores hash_token_secret(token.secret)."""
     return JoinToken(
         ca_hash=ca_fingerprint(ca_cert).removeprefix("sha256:"),
         token_id=secrets.token_hex(8),
         secret=secrets.token_urlsafe(32),
+        node=node,
     )
 
 
 def parse_join_token(text: str) -> JoinToken:
     """Parse the wire form; errors never echo the text, since it may hold a real secret."""
-    parts = text.strip().split(".")
-    if len(parts) != 4:
+    # The node name may itself contain dots, so it is the last part and split off whole.
+    parts = text.strip().split(".", 4)
+    if len(parts) != 5:
         raise JoinError(
-            f"malformed join token: expected 4 dot-separated parts "
-            f"('{TOKEN_PREFIX}.<ca-hash>.<id>.<secret>'), got {len(parts)}"
+            f"malformed join token: expected 5 dot-separated parts "
+            f"('{TOKEN_PREFIX}.<ca-hash>.<id>.<secret>.<node>'), got {len(parts)}"
         )
-    prefix, ca_hash, token_id, secret = parts
+    prefix, ca_hash, token_id, secret, node = parts
     if prefix != TOKEN_PREFIX:
         raise JoinError(
             f"malformed join token: it must start with '{TOKEN_PREFIX}.' (copy the whole token)"
         )
-    return JoinToken(ca_hash=ca_hash, token_id=token_id, secret=secret)
+    return JoinToken(ca_hash=ca_hash, token_id=token_id, secret=secret, node=node)
 
 
 def hash_token_secret(secret: str) -> str:

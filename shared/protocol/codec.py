@@ -11,6 +11,8 @@ Limits are enforced in three places, cheapest first:
 All failures raise subclasses of RemoteProtocolError and nothing else, which
 the fuzz tests in tests/fuzz check. This module is the only place that knows
 the wire encoding, so a binary codec can replace it.
+
+JSON has no NaN or Infinity: non-finite floats in a body are sent as null.
 """
 
 from __future__ import annotations
@@ -141,8 +143,8 @@ def _envelope_from_doc(doc: dict[str, Any], limits: Limits) -> Envelope:
     if not 0 < len(msg_id) <= limits.max_id_chars:
         raise MalformedMessage(f"envelope 'id' must be 1-{limits.max_id_chars} chars")
     parent = _field(doc, "parent", str, False)
-    if parent is not None and len(parent) > limits.max_id_chars:
-        raise MalformedMessage(f"envelope 'parent' longer than {limits.max_id_chars} chars")
+    if parent is not None and not 0 < len(parent) <= limits.max_id_chars:
+        raise MalformedMessage(f"envelope 'parent' must be 1-{limits.max_id_chars} chars")
     ts = _field(doc, "ts", _INT_TYPES, True)
     res = _field(doc, "res", str, False)
     if res is not None:

@@ -68,7 +68,12 @@ class ResourceName:
 
 
 def _valid_segment(text: str) -> bool:
-    return 0 < len(text) <= 63 and all(c.isalnum() or c in "-_." for c in text) and text.isascii()
+    return (
+        0 < len(text) <= 63
+        and text.isascii()
+        and text not in (".", "..")
+        and all(c.isalnum() or c in "-_." for c in text)
+    )
 
 
 @functools.lru_cache(maxsize=8192)
@@ -76,13 +81,13 @@ def parse_resource(text: str) -> ResourceName:
     """Parse and validate a resource name; raises MalformedMessage naming the problem."""
     parts = text.split("/")
     if len(parts) != 3:
-        raise MalformedMessage(f"resource {text!r} is not kind/namespace/name")
+        raise MalformedMessage(f"resource {text[:80]!r} is not kind/namespace/name")
     kind, namespace, name = parts
     if kind not in RESOURCE_KINDS:
-        raise MalformedMessage(f"resource {text!r} has unknown kind {kind!r}")
+        raise MalformedMessage(f"resource {text[:80]!r} has unknown kind {kind[:16]!r}")
     if not (_valid_segment(namespace) and _valid_segment(name)):
         raise MalformedMessage(
-            f"resource {text!r}: namespace and name must be 1-63 chars of [A-Za-z0-9._-]"
+            f"resource {text[:80]!r}: namespace and name must be 1-63 chars of [A-Za-z0-9._-]"
         )
     return ResourceName(kind, namespace, name)
 

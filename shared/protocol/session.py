@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from shared.errors import LocalProtocolError, ProtocolError, RemoteProtocolError, UnsupportedVersion
 from shared.ids import new_ulid
@@ -191,7 +191,8 @@ class Session:
     def send_error(self, code: str, reason: str, parent: str | None, now: float) -> None:
         """Report a non-fatal error about one message (e.g. forbidden); the session stays open."""
         if self.state is not State.CLOSED:
-            self._emit(Op.ERROR, now, parent=parent, body={"code": code, "reason": reason})
+            body = {"code": code, "reason": _clip(reason)}
+            self._emit(Op.ERROR, now, parent=parent, body=body)
 
     def update_heartbeat(self, body: dict[str, Any]) -> None:
         """Set what the next pings carry (the edge's load metrics)."""
@@ -201,6 +202,7 @@ class Session:
         """Close the session, telling the peer why. Idempotent."""
         if self.state is State.CLOSED:
             return
+        reason = _clip(reason)
         self._emit(Op.ERROR, now, body={"code": code, "reason": reason, "fatal": True})
         self._transition(Trigger.CLOSE)
         self.close_error = error
@@ -247,12 +249,10 @@ class Session:
         body = env.body or {}
         versions = body.get("versions")
         applied = body.get("applied_rv")
-        if not isinstance(versions, list) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in versions
-        ):
+        if not isinstance(versions, list) or not all(_is_int(v) for v in versions):
             raise RemoteProtocolError("hello.versions must be a list of integers")
-        if not isinstance(applied, int) or isinstance(applied, bool) or applied < 0:
-            raise RemoteProtocolError("hello.applied_rv must be a non-negative integer")
+        if not _is_cursor(applied):
+            raise RemoteProtocolError("hello.applied_rv must be an integer in [0, 2^63)")
         common = set(versions) & set(self.config.versions)
         if not common:
             raise UnsupportedVersion(
@@ -268,11 +268,12 @@ class Session:
         body = env.body or {}
         version = body.get("version")
         received = body.get("received_seq")
-        if version not in self.config.versions:
-            raise UnsupportedVersion(f"cloud chose protocol version {version!r}, not offered")
-        if not isinstance(received, int) or isinstance(received, bool) or received < 0:
-            raise RemoteProtocolError("welcome.received_seq must be a non-negative integer")
-        assert isinstance(version, int)
+        if not _is_int(version) or version not in self.config.versions:
+            raise UnsupportedVersion(
+                f"cloud chose protocol version {str(version)[:16]!r}, which was not offered"
+            )
+        if not _is_cursor(received):
+            raise RemoteProtocolError("welcome.received_seq must be an integer in [0, 2^63)")
         self.version = version
         self._transition(Trigger.RECV_WELCOME)
         self.start_sending_after(received)
@@ -391,3 +392,19 @@ class Session:
         env = Envelope(op=op, id=msg_id, ts=wall, res=res, rv=rv, seq=seq, parent=parent, body=body)
         self._out.append(codec.encode(env, self.config.limits))
         return msg_id
+
+
+MAX_REASON_CHARS = 512
+
+
+def _clip(reason: str) -> str:
+    """Error reasons may quote peer data: bound them so an error frame always fits."""
+    return reason if len(reason) <= MAX_REASON_CHARS else reason[: MAX_REASON_CHARS - 1] + "…"
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_cursor(value: object) -> TypeGuard[int]:
+    return _is_int(value) and 0 <= value < 1 << 63

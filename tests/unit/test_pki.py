@@ -449,9 +449,10 @@ def test_ca_fingerprint(ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate])
 
 
 def test_join_token_round_trip(ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate]) -> None:
-    token = pki.new_join_token(ca[1])
+    token = pki.new_join_token(ca[1], "pi-4.lab")
     text = str(token)
-    assert re.fullmatch(r"es1\.[0-9a-f]{64}\.[0-9a-f]{16}\.[A-Za-z0-9_-]{43}", text)
+    assert re.fullmatch(r"es1\.[0-9a-f]{64}\.[0-9a-f]{16}\.[A-Za-z0-9_-]{43}\.pi-4\.lab", text)
+    assert token.node == "pi-4.lab"
     assert "sha256:" + token.ca_hash == pki.ca_fingerprint(ca[1])
     assert pki.parse_join_token(text) == token
     assert pki.parse_join_token(f"  {text}\n") == token
@@ -460,7 +461,7 @@ def test_join_token_round_trip(ca: tuple[ec.EllipticCurvePrivateKey, x509.Certif
 def test_join_tokens_are_unique_and_repr_hides_secret(
     ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate],
 ) -> None:
-    a, b = pki.new_join_token(ca[1]), pki.new_join_token(ca[1])
+    a, b = pki.new_join_token(ca[1], "pi-4.lab"), pki.new_join_token(ca[1], "pi-4.lab")
     assert a.token_id != b.token_id
     assert a.secret != b.secret
     assert a.secret not in repr(a)
@@ -470,30 +471,38 @@ def test_join_tokens_are_unique_and_repr_hides_secret(
 _GOOD_HASH = "ab" * 32
 _GOOD_ID = "0123456789abcdef"
 _GOOD_SECRET = "A" * 42 + "_"
+_NODE = "edge-1.site"
 
 
 def test_good_token_parts_parse() -> None:
     # Guards the malformed cases below: each differs from this valid token in one part.
-    token = pki.parse_join_token(f"es1.{_GOOD_HASH}.{_GOOD_ID}.{_GOOD_SECRET}")
-    assert (token.ca_hash, token.token_id, token.secret) == (_GOOD_HASH, _GOOD_ID, _GOOD_SECRET)
+    token = pki.parse_join_token(f"es1.{_GOOD_HASH}.{_GOOD_ID}.{_GOOD_SECRET}.{_NODE}")
+    assert (token.ca_hash, token.token_id, token.secret, token.node) == (
+        _GOOD_HASH,
+        _GOOD_ID,
+        _GOOD_SECRET,
+        _NODE,
+    )
 
 
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
-        ("", "4 dot-separated parts"),
-        (f"es2.{_GOOD_HASH}.{_GOOD_ID}.{_GOOD_SECRET}", "must start with 'es1.'"),
+        ("", "5 dot-separated parts"),
+        (f"es2.{_GOOD_HASH}.{_GOOD_ID}.{_GOOD_SECRET}.{_NODE}", "must start with 'es1.'"),
         (f"{_GOOD_HASH}.{_GOOD_ID}.{_GOOD_SECRET}", "got 3"),
-        (f"es1.{_GOOD_HASH}.{_GOOD_ID}.{_GOOD_SECRET}.x", "got 5"),
-        (f"es1.{_GOOD_HASH[:-2]}.{_GOOD_ID}.{_GOOD_SECRET}", "CA hash"),
-        (f"es1.{_GOOD_HASH.upper()}.{_GOOD_ID}.{_GOOD_SECRET}", "CA hash"),
-        (f"es1.{'g' * 64}.{_GOOD_ID}.{_GOOD_SECRET}", "CA hash"),
-        (f"es1.{_GOOD_HASH}.{_GOOD_ID}00.{_GOOD_SECRET}", "token id"),
-        (f"es1.{_GOOD_HASH}.{'z' * 16}.{_GOOD_SECRET}", "token id"),
-        (f"es1.{_GOOD_HASH}.{_GOOD_ID}.{_GOOD_SECRET[:-1]}", "secret"),
-        (f"es1.{_GOOD_HASH}.{_GOOD_ID}.{'A' * 42}+", "secret"),
-        (f"es1.{_GOOD_HASH}.{_GOOD_ID}.{'A' * 42}=", "secret"),
-        (f"es1 .{_GOOD_HASH}.{_GOOD_ID}.{_GOOD_SECRET}", "must start with"),
+        (f"es1.{_GOOD_HASH}.{_GOOD_ID}.{_GOOD_SECRET}", "got 4"),
+        (f"es1.{_GOOD_HASH}.{_GOOD_ID}.{_GOOD_SECRET}.Bad_Node", "node name"),
+        (f"es1.{_GOOD_HASH}.{_GOOD_ID}.{_GOOD_SECRET}.", "node name"),
+        (f"es1.{_GOOD_HASH[:-2]}.{_GOOD_ID}.{_GOOD_SECRET}.{_NODE}", "CA hash"),
+        (f"es1.{_GOOD_HASH.upper()}.{_GOOD_ID}.{_GOOD_SECRET}.{_NODE}", "CA hash"),
+        (f"es1.{'g' * 64}.{_GOOD_ID}.{_GOOD_SECRET}.{_NODE}", "CA hash"),
+        (f"es1.{_GOOD_HASH}.{_GOOD_ID}00.{_GOOD_SECRET}.{_NODE}", "token id"),
+        (f"es1.{_GOOD_HASH}.{'z' * 16}.{_GOOD_SECRET}.{_NODE}", "token id"),
+        (f"es1.{_GOOD_HASH}.{_GOOD_ID}.{_GOOD_SECRET[:-1]}.{_NODE}", "secret"),
+        (f"es1.{_GOOD_HASH}.{_GOOD_ID}.{'A' * 42}+.{_NODE}", "secret"),
+        (f"es1.{_GOOD_HASH}.{_GOOD_ID}.{'A' * 42}=.{_NODE}", "secret"),
+        (f"es1 .{_GOOD_HASH}.{_GOOD_ID}.{_GOOD_SECRET}.{_NODE}", "must start with"),
     ],
 )
 def test_malformed_join_tokens(text: str, reason: str) -> None:
@@ -504,7 +513,7 @@ def test_malformed_join_tokens(text: str, reason: str) -> None:
 
 
 def test_token_secret_hash_and_match() -> None:
-    secret = pki.new_join_token(pki.create_ca("c", NOW)[1]).secret
+    secret = pki.new_join_token(pki.create_ca("c", NOW)[1], "n1").secret
     stored = pki.hash_token_secret(secret)
     assert re.fullmatch(r"[0-9a-f]{64}", stored)
     assert secret not in stored
@@ -521,7 +530,7 @@ def test_verify_ca_matches_token(
     ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate],
     other_ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate],
 ) -> None:
-    token = pki.new_join_token(ca[1])
+    token = pki.new_join_token(ca[1], "pi-4.lab")
     pki.verify_ca_matches_token(ca[1], token)  # no exception
     with pytest.raises(JoinError, match="wrong cloud or man-in-the-middle") as info:
         pki.verify_ca_matches_token(other_ca[1], token)

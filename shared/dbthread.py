@@ -1,4 +1,4 @@
-"""Run blocking store calls off the event loop, on one dedicated thread.
+"""Run blocking store calls off the event loop, on one dedicated thread (both daemons).
 
 One thread, not a pool: SQLite has one writer anyway, and a single thread
 keeps the store's transactions strictly ordered.

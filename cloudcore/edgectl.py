@@ -1,0 +1,308 @@
+"""`edgectl`: the operator CLI (tokens, nodes, tasks) over the cloud's HTTPS API.
+
+It finds the cloud through `--config FILE`, `$EDGECTL_CONFIG`, or
+./edgectl.yaml; cloudcore writes that file (server URL, CA, admin token;
+mode 0600) into its data dir on first start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import ssl
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TIMEOUT = 30.0
+
+
+class CtlError(Exception):
+    pass
+
+
+class Client:
+    def __init__(self, config_path: Path) -> None:
+        try:
+            raw = yaml.safe_load(config_path.read_text())
+        except OSError as exc:
+            raise CtlError(
+                f"cannot read edgectl config {config_path}: {exc.strerror}; pass "
+                "--config or set EDGECTL_CONFIG (cloudcore writes "
+                "DATA_DIR/edgectl.yaml)"
+            ) from None
+        except yaml.YAMLError as exc:
+            raise CtlError(f"{config_path} is not valid YAML: {exc}") from None
+        if not isinstance(raw, dict) or not {"server", "token", "ca"} <= set(raw):
+            raise CtlError(f"{config_path} needs keys server, token and ca")
+        self.server = str(raw["server"]).rstrip("/")
+        self.token = str(raw["token"])
+        with tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False) as fh:
+            fh.write(str(raw["ca"]))
+        try:
+            self.ctx = ssl.create_default_context(cafile=fh.name)
+        finally:
+            os.unlink(fh.name)
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(
+            self.server + path,
+            data=data,
+            method=method,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, context=self.ctx, timeout=TIMEOUT) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read()).get("message", exc.reason)
+            except (ValueError, AttributeError):
+                message = exc.reason
+            raise CtlError(f"{method} {path}: HTTP {exc.code}: {message}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise CtlError(
+                f"cannot reach the cloud at {self.server}: {getattr(exc, 'reason', exc)}"
+            ) from None
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    lines = [
+        "  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+        for r in [headers, *rows]
+    ]
+    return "\n".join(lines)
+
+
+def _age(ms: int) -> str:
+    if not ms:
+        return "never"
+    seconds = max(0, int(dt.datetime.now(dt.timezone.utc).timestamp() - ms / 1000))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _print(data: Any, fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        print(yaml.safe_dump(data, sort_keys=False).rstrip())
+
+
+def cmd_token_create(client: Client, args: argparse.Namespace) -> None:
+    body: dict[str, Any] = {"node": args.node}
+    if args.ttl:
+        body["ttl"] = _parse_duration(args.ttl)
+    answer = client.call("POST", "/api/v1/tokens", body)
+    if args.quiet:
+        print(answer["token"])
+        return
+    print(answer["token"])
+    print(
+        f"\n# single use, expires {_age_until(answer['expires_ms'])}. On the node run:\n"
+        f"#   edgecore join --cloud {client.server} --token {answer['token'][:12]}…",
+        file=sys.stderr,
+    )
+
+
+def _age_until(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _parse_duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except (ValueError, IndexError):
+        raise CtlError(f"--ttl {text!r}: use a number of seconds or 30m, 1h, 2d") from None
+
+
+def cmd_node_list(client: Client, args: argparse.Namespace) -> None:
+    items = client.call("GET", "/api/v1/nodes")["items"]
+    if args.output != "table":
+        _print(items, args.output)
+        return
+    rows = [
+        [
+            n["name"],
+            n["state"],
+            n["transport"] or "-",
+            _age(n["last_seen_ms"]),
+            str(n["capacity"].get("cpus", "-")),
+            n["capacity"].get("arch", "-"),
+            n["software"] or "-",
+            ",".join(f"{k}={v}" for k, v in n["labels"].items()) or "-",
+        ]
+        for n in items
+    ]
+    print(
+        _table(
+            rows, ["NAME", "STATE", "TRANSPORT", "LAST SEEN", "CPUS", "ARCH", "VERSION", "LABELS"]
+        )
+    )
+
+
+def cmd_node_get(client: Client, args: argparse.Namespace) -> None:
+    _print(
+        client.call("GET", f"/api/v1/nodes/{args.name}"),
+        "yaml" if args.output == "table" else args.output,
+    )
+
+
+def cmd_node_delete(client: Client, args: argparse.Namespace) -> None:
+    client.call("DELETE", f"/api/v1/nodes/{args.name}")
+    print(f"node {args.name} deleted")
+
+
+def _load_docs(path: str) -> list[Any]:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as exc:
+        raise CtlError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise CtlError(f"{path} is not valid YAML: {exc}") from None
+
+
+def cmd_task_apply(client: Client, args: argparse.Namespace) -> None:
+    for doc in _load_docs(args.file):
+        task = client.call("POST", "/api/v1/tasks", doc)
+        print(
+            f"task/{task['namespace']}/{task['name']} applied (generation "
+            f"{task['generation']}, {len(task['assignments'])} node(s))"
+        )
+
+
+def _split(ref: str, namespace: str) -> tuple[str, str]:
+    if "/" in ref:
+        ns, _, name = ref.partition("/")
+        return ns, name
+    return namespace, ref
+
+
+def cmd_task_list(client: Client, args: argparse.Namespace) -> None:
+    items = client.call("GET", "/api/v1/tasks")["items"]
+    if args.output != "table":
+        _print(items, args.output)
+        return
+    rows = []
+    for t in items:
+        phases: dict[str, int] = {}
+        for a in t["assignments"]:
+            phases[a["phase"]] = phases.get(a["phase"], 0) + 1
+        spec = t["document"]["spec"]
+        rows.append(
+            [
+                t["namespace"],
+                t["name"],
+                spec["trigger"]["type"],
+                str(t["generation"]),
+                str(len(t["assignments"])),
+                " ".join(f"{k}={v}" for k, v in sorted(phases.items())) or "-",
+            ]
+        )
+    print(_table(rows, ["NAMESPACE", "NAME", "TRIGGER", "GEN", "NODES", "PHASES"]))
+
+
+def cmd_task_get(client: Client, args: argparse.Namespace) -> None:
+    ns, name = _split(args.name, args.namespace)
+    task = client.call("GET", f"/api/v1/tasks/{ns}/{name}")
+    if args.output != "table":
+        _print(task, args.output)
+        return
+    print(f"task/{ns}/{name}  generation {task['generation']}")
+    rows = [
+        [
+            a["node"],
+            a["phase"],
+            str(a["epoch"]),
+            str(a["runs"]),
+            str((a.get("last_result") or {}).get("exit_code", "-")),
+            ((a.get("last_result") or {}).get("stdout_tail") or "").strip()[-40:],
+        ]
+        for a in task["assignments"]
+    ]
+    print(_table(rows, ["NODE", "PHASE", "EPOCH", "RUNS", "EXIT", "LAST OUTPUT"]))
+
+
+def cmd_task_delete(client: Client, args: argparse.Namespace) -> None:
+    ns, name = _split(args.name, args.namespace)
+    client.call("DELETE", f"/api/v1/tasks/{ns}/{name}")
+    print(f"task/{ns}/{name} deleted")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgectl",
+        description=(
+            "Operate an edgesync fleet: join tokens, nodes and tasks. Finds the cloud through "
+            "--config, $EDGECTL_CONFIG or ./edgectl.yaml (cloudcore writes DATA_DIR/edgectl.yaml)."
+        ),
+    )
+    parser.add_argument("--config", help="edgectl config file")
+    sub = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
+
+    token = sub.add_parser("token", help="join tokens").add_subparsers(dest="verb", required=True)
+    create = token.add_parser("create", help="create a single-use join token for a node")
+    create.add_argument("--node", required=True, help="the node name the token joins")
+    create.add_argument("--ttl", help="validity, e.g. 30m, 1h (default: the cloud's, 1h)")
+    create.add_argument("-q", "--quiet", action="store_true", help="print only the token")
+    create.set_defaults(func=cmd_token_create)
+
+    node = sub.add_parser("node", help="nodes").add_subparsers(dest="verb", required=True)
+    for verb, func, needs_name in (
+        ("list", cmd_node_list, False),
+        ("get", cmd_node_get, True),
+        ("delete", cmd_node_delete, True),
+    ):
+        p = node.add_parser(verb, help=f"{verb} node(s)")
+        if needs_name:
+            p.add_argument("name")
+        p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+        p.set_defaults(func=func)
+
+    task = sub.add_parser("task", help="tasks").add_subparsers(dest="verb", required=True)
+    apply = task.add_parser("apply", help="create or update tasks from YAML")
+    apply.add_argument("-f", "--file", required=True, help="YAML file (- for stdin)")
+    apply.set_defaults(func=cmd_task_apply)
+    for verb, func, needs_name in (
+        ("list", cmd_task_list, False),
+        ("get", cmd_task_get, True),
+        ("delete", cmd_task_delete, True),
+    ):
+        p = task.add_parser(verb, help=f"{verb} task(s)")
+        if needs_name:
+            p.add_argument("name", help="NAME or NAMESPACE/NAME")
+        p.add_argument("-n", "--namespace", default="default")
+        p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = args.config or os.environ.get("EDGECTL_CONFIG") or "edgectl.yaml"
+    try:
+        args.func(Client(Path(config)), args)
+    except CtlError as exc:
+        print(f"edgectl: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""`edgecore`: the edge daemon (join once, then serve under systemd)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from shared.config import render_defaults
+from shared.errors import EdgesyncError
+
+DEFAULT_DATA_DIR = "/var/lib/edgesync/edge"
+
+DESCRIPTION = """\
+edgesync edge daemon. Join a cloud once with a token from
+`edgectl token create --node NAME`, then run `edgecore serve` (normally as
+the systemd unit in docs/operations.md). edgecore keeps running its tasks
+while the cloud is unreachable and reconciles when it comes back.
+"""
+
+
+def _labels(values: list[str]) -> dict[str, str]:
+    labels = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"edgecore: --label needs KEY=VALUE, got {item!r}")
+        labels[key] = value
+    return labels
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="edgecore",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--print-default-config",
+        action="store_true",
+        help="print the default configuration with comments and exit",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    join = sub.add_parser("join", help="join a cloud with a token (once per node)")
+    join.add_argument("--cloud", required=True, help="the cloud's join URL, https://HOST:10002")
+    join.add_argument("--token", required=True, help="from `edgectl token create --node NAME`")
+    join.add_argument(
+        "--data-dir",
+        default=DEFAULT_DATA_DIR,
+        help=f"where keys, config and state live (default {DEFAULT_DATA_DIR})",
+    )
+    join.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label for task selectors; repeatable",
+    )
+    serve = sub.add_parser("serve", help="run the daemon")
+    serve.add_argument(
+        "--data-dir", help=f"data dir holding edgecore.yaml (default {DEFAULT_DATA_DIR})"
+    )
+    serve.add_argument(
+        "--config", type=Path, help="a config file instead of DATA_DIR/edgecore.yaml"
+    )
+    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (overrides config)")
+    args = parser.parse_args(argv)
+
+    from edgecore.config import EdgeConfig, load_edge_config
+
+    if args.print_default_config:
+        sys.stdout.write(render_defaults(EdgeConfig))
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command == "join":
+        from edgecore.join import join as do_join
+
+        try:
+            node = do_join(args.cloud, args.token, Path(args.data_dir), _labels(args.label))
+        except EdgesyncError as exc:
+            print(f"edgecore join: {exc}", file=sys.stderr)
+            return 1
+        print(f"joined as node {node}; start it with: edgecore serve --data-dir {args.data_dir}")
+        return 0
+
+    data_dir = args.data_dir or (None if args.config else DEFAULT_DATA_DIR)
+    try:
+        config = load_edge_config(args.config, data_dir)
+    except EdgesyncError as exc:
+        print(f"edgecore: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=(args.log_level or config.log_level).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from edgecore.app import EdgeCore
+
+    try:
+        asyncio.run(EdgeCore(config).run())
+    except EdgesyncError as exc:
+        logging.getLogger("edgecore").error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""The edge's link to the cloud: reconnect forever, resume from cursors.
+
+Per connection: hello with `applied_rv` → welcome with `received_seq` →
+drop acked outbox rows → then concurrently apply desired state (one
+transaction per batch, then a cumulative ack) and drain the outbox in a
+window (docs/protocol.md §6). Between connections: full-jitter backoff;
+fatal errors (certificate refused, version mismatch) are logged with what
+to do, and retried slowly rather than exiting, because a Pi in a field has
+no operator watching its exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from edgecore import sysinfo
+from edgecore.config import EdgeConfig
+from edgecore.link.websocket import connect_websocket
+from edgecore.store import EdgeStore
+from shared.backoff import backoff, is_retryable
+from shared.clock import Clock
+from shared.dbthread import DbThread
+from shared.errors import AuthError, EdgesyncError, LinkError, UnsupportedVersion
+from shared.protocol.events import (
+    AckReceived,
+    ErrorReceived,
+    MessageReceived,
+    SessionClosed,
+    WelcomeReceived,
+)
+from shared.protocol.messages import Envelope
+from shared.protocol.session import Session
+from shared.protocol.states import Role, State
+from shared.transport import Channel
+
+log = logging.getLogger(__name__)
+
+SOFTWARE = "edgecore/0.1.0"
+FATAL_RETRY_DELAY = 60.0
+Connector = Callable[[], Awaitable[Channel]]
+
+
+class Link:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        store: EdgeStore,
+        db: DbThread,
+        clock: Clock,
+        ssl_context: ssl.SSLContext,
+        on_desired: Callable[[list[str]], None],
+        heartbeat: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.db = db
+        self.clock = clock
+        self.ssl_context = ssl_context
+        self.on_desired = on_desired
+        self.heartbeat = heartbeat
+        self.connected = asyncio.Event()
+        self.connects = 0
+        self._connection: _Connection | None = None
+        self._stopping = False
+
+    def outbox_changed(self) -> None:
+        """New outbox rows exist: wake the live connection, if any."""
+        if self._connection is not None:
+            self._connection.wake(more_outbox=True)
+
+    async def _connect(self) -> Channel:
+        link = self.config.link
+        return await connect_websocket(
+            self.config.cloud.websocket_url,
+            self.ssl_context,
+            link.connect_timeout,
+            link.max_frame_bytes,
+        )
+
+    async def run(self) -> None:
+        """Keep a session with the cloud until cancelled."""
+        delays = backoff(self.config.link.backoff_policy())
+        while not self._stopping:
+            try:
+                channel = await self._connect()
+            except EdgesyncError as exc:
+                await self._pause(exc, delays)
+                continue
+            connection = _Connection(self, channel)
+            self._connection = connection
+            try:
+                opened = await connection.run()
+            except EdgesyncError as exc:
+                opened = connection.opened
+                log.warning("link error: %s", exc)
+            finally:
+                self._connection = None
+                self.connected.clear()
+                await channel.close(1000, "bye")
+            if opened:
+                delays = backoff(self.config.link.backoff_policy())  # healthy session: reset
+            if connection.fatal is not None:
+                await self._pause(connection.fatal, delays)
+            else:
+                await asyncio.sleep(next(delays))
+
+    async def _pause(self, exc: Exception, delays: Any) -> None:
+        if is_retryable(exc):
+            delay = next(delays)
+            log.info("cloud unreachable (%s); retrying in %.1fs", exc, delay)
+        else:
+            delay = FATAL_RETRY_DELAY
+            log.error("cannot connect to the cloud: %s (retrying in %.0fs)", exc, delay)
+        await asyncio.sleep(delay)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._connection is not None:
+            await self._connection.shut("edgecore is stopping")
+
+
+class _Connection:
+    def __init__(self, link: Link, channel: Channel) -> None:
+        self.link = link
+        self.channel = channel
+        clock = link.clock
+        self.session = Session(
+            Role.EDGE, link.config.link.session_config(), clock.monotonic(), clock.time_ms()
+        )
+        self.opened = False
+        self.fatal: EdgesyncError | None = None
+        self._wake = asyncio.Event()
+        self._more_outbox = True
+        self._downstream: list[Envelope] = []
+        self._acked_to_trim = 0
+        self._acked_trimmed = 0
+
+    def wake(self, more_outbox: bool = False) -> None:
+        if more_outbox:
+            self._more_outbox = True
+        self._wake.set()
+
+    async def shut(self, reason: str) -> None:
+        self.session.close("closing", reason, self.link.clock.monotonic())
+        try:
+            await self._flush()
+        except LinkError:
+            pass
+        self._wake.set()
+
+    async def run(self) -> bool:
+        link, session, clock = self.link, self.session, self.link.clock
+        store_id, applied_rv = await link.db.run(link.store.identity)
+        session.update_heartbeat(link.heartbeat())
+        session.send_hello(
+            applied_rv,
+            {
+                "software": SOFTWARE,
+                "store_id": store_id,
+                "labels": dict(link.config.labels),
+                "capacity": sysinfo.capacity(),
+            },
+            clock.monotonic(),
+        )
+        await self._flush()
+        welcome = await self._await_welcome()
+        if welcome is None:
+            return False
+        await link.db.run(link.store.outbox_acked, welcome.received_seq)
+        self._acked_trimmed = welcome.received_seq
+        self.opened = True
+        link.connects += 1
+        link.connected.set()
+        log.info(
+            "connected to the cloud %s over %s (applied rv %d, cloud has seq %d)",
+            self.channel.peer,
+            self.channel.transport,
+            applied_rv,
+            welcome.received_seq,
+        )
+        async with asyncio.TaskGroup() as group:
+            reader = group.create_task(self._read_loop(), name="link-read")
+            group.create_task(self._work_loop(reader), name="link-work")
+        return True
+
+    async def _await_welcome(self) -> WelcomeReceived | None:
+        session, clock = self.session, self.link.clock
+        while session.state is State.HELLO_SENT:
+            deadline = session.next_deadline()
+            timeout = max(0.0, (deadline or clock.monotonic()) - clock.monotonic())
+            try:
+                frame = await asyncio.wait_for(self.channel.recv(), timeout)
+            except (TimeoutError, asyncio.TimeoutError):
+                session.handle_timer(clock.monotonic())
+                continue
+            session.receive_frame(frame, clock.monotonic())
+        for event in session.events_received():
+            if isinstance(event, WelcomeReceived):
+                return event
+            if isinstance(event, ErrorReceived):
+                log.error("the cloud refused this node: %s: %s", event.code, event.reason)
+            if isinstance(event, SessionClosed):
+                self._note_closed(event)
+        await self._flush()
+        return None
+
+    def _note_closed(self, event: SessionClosed) -> None:
+        if event.code in ("unsupported_version", "unknown_node", "unauthorized", "forbidden"):
+            cls = UnsupportedVersion if event.code == "unsupported_version" else AuthError
+            self.fatal = cls(f"{event.code}: {event.reason}")
+        log.warning(
+            "session closed%s: %s: %s",
+            " by the cloud" if event.by_peer else "",
+            event.code,
+            event.reason,
+        )
+
+    async def _read_loop(self) -> None:
+        session, clock = self.session, self.link.clock
+        while not session.closed:
+            try:
+                frame = await self.channel.recv()
+            except LinkError as exc:
+                log.warning("link lost: %s", exc)
+                session.close("link_lost", str(exc), clock.monotonic())
+                session.events_received()
+                break
+            session.receive_frame(frame, clock.monotonic())
+            self._handle_events()
+            await self._flush_quietly()
+        self._wake.set()
+
+    def _handle_events(self) -> None:
+        for event in self.session.events_received():
+            if isinstance(event, MessageReceived):
+                self._downstream.append(event.envelope)
+                self._wake.set()
+            elif isinstance(event, AckReceived):
+                self._acked_to_trim = event.cursor
+                self._wake.set()
+            elif isinstance(event, ErrorReceived) and not event.fatal:
+                log.warning(
+                    "the cloud refused message %s: %s: %s", event.parent, event.code, event.reason
+                )
+            elif isinstance(event, SessionClosed):
+                self._note_closed(event)
+
+    async def _work_loop(self, reader: asyncio.Task[None]) -> None:
+        session, clock, link = self.session, self.link.clock, self.link
+        next_heartbeat = clock.monotonic()
+        try:
+            while not session.closed:
+                self._wake.clear()
+                now = clock.monotonic()
+                if now >= next_heartbeat:
+                    session.update_heartbeat(link.heartbeat())
+                    next_heartbeat = now + link.config.link.ping_interval / 2
+                session.handle_timer(now)
+                self._handle_events()
+                await self._apply_downstream()
+                if self._acked_to_trim > self._acked_trimmed:
+                    cursor = self._acked_to_trim
+                    await link.db.run(link.store.outbox_acked, cursor)
+                    self._acked_trimmed = cursor
+                await self._pump_outbox()
+                await self._flush()
+                if self._wake.is_set() or session.closed:
+                    continue
+                deadline = session.next_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - clock.monotonic())
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except (TimeoutError, asyncio.TimeoutError):
+                    pass
+        except LinkError as exc:
+            log.warning("link lost: %s", exc)
+        finally:
+            reader.cancel()
+
+    async def _apply_downstream(self) -> None:
+        if not self._downstream:
+            return
+        batch, self._downstream = self._downstream, []
+        link = self.link
+        changed = await link.db.run(link.store.apply_batch, batch)
+        top = max(env.rv or 0 for env in batch)
+        self.session.ack(top, link.clock.monotonic())
+        if changed:
+            link.on_desired(changed)
+
+    async def _pump_outbox(self) -> None:
+        session, link = self.session, self.link
+        while self._more_outbox and session.send_capacity() > 0:
+            want = session.send_capacity()
+            rows = await link.db.run(link.store.outbox_after, session.last_sent, want)
+            if len(rows) < want:
+                self._more_outbox = False
+            if session.closed:
+                return
+            now = link.clock.monotonic()
+            for row in rows:
+                session.send(row.op, row.res, row.seq, row.body, now)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        frames = self.session.data_to_send()
+        if frames:
+            await self.channel.send(frames)
+
+    async def _flush_quietly(self) -> None:
+        try:
+            await self._flush()
+        except LinkError:
+            pass
