@@ -111,7 +111,18 @@ class LocalFleet:
 
     # ------------------------------------------------------------------ cloud
 
-    def start_cloud(self, timeout: float = 30.0) -> None:
+    def start_cloud(self, timeout: float = 30.0, env: dict[str, str] | None = None) -> None:
+        """Start cloudcore; a restart reuses the ports of the first start (edges know them)."""
+        if (self.cloud_dir / "cloudcore.json").exists():
+            ports = self.runtime
+            self.cloud_config["hub"] = {
+                **self.cloud_config.get("hub", {}),
+                "websocket_port": ports["websocket_port"],
+            }
+            self.cloud_config["api"] = {
+                **self.cloud_config.get("api", {}),
+                "port": ports["api_port"],
+            }
         config_path = self.root / "cloudcore.yaml"
         config_path.write_text(yaml.safe_dump(self.cloud_config))
         runtime = self.cloud_dir / "cloudcore.json"
@@ -121,6 +132,7 @@ class LocalFleet:
             "cloudcore",
             _python("cloudcore", "--config", str(config_path), "--data-dir", str(self.cloud_dir)),
             self.root / "cloudcore.log",
+            env=env or {},
         )
         self.cloud.start()
         self._wait_for(runtime.exists, timeout, "cloudcore to start", self.cloud)
@@ -181,11 +193,12 @@ class LocalFleet:
         config["cloud"]["websocket_url"] = websocket_url
         path.write_text(yaml.safe_dump(config))
 
-    def start_edge(self, name: str) -> Daemon:
+    def start_edge(self, name: str, env: dict[str, str] | None = None) -> Daemon:
         daemon = Daemon(
             name,
             _python("edgecore", "serve", "--data-dir", str(self.edge_dir(name))),
             self.root / f"{name}.log",
+            env=env or {},
         )
         daemon.start()
         self.edges[name] = daemon

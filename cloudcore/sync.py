@@ -17,6 +17,7 @@ from cloudcore.store import CloudStore
 from shared.clock import Clock
 from shared.dbthread import DbThread
 from shared.errors import LinkError, StoreError
+from shared.faults import crash_point
 from shared.protocol.events import (
     AckReceived,
     ErrorReceived,
@@ -341,6 +342,7 @@ class NodeSession:
         outcomes = await hub.db.run(
             hub.store.record_upstream, self.node, batch, hub.clock.time_ms(), hub.result_history
         )
+        crash_point("cloud.after_upstream_commit")
         now = hub.clock.monotonic()
         for outcome in outcomes:
             env = outcome.envelope
@@ -397,6 +399,8 @@ class NodeSession:
                 session.send(op, row.res, row.rv, row.body, now)
             hub.stats.downstream_sent += len(rows)
             await self._flush()
+            if rows:
+                crash_point("cloud.after_desired_sent")
 
     async def _flush(self) -> None:
         frames = self.session.data_to_send()

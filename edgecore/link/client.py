@@ -25,6 +25,7 @@ from shared.backoff import backoff, is_retryable
 from shared.clock import Clock
 from shared.dbthread import DbThread
 from shared.errors import AuthError, EdgesyncError, LinkError, UnsupportedVersion
+from shared.faults import crash_point
 from shared.protocol.events import (
     AckReceived,
     ErrorReceived,
@@ -287,6 +288,7 @@ class _Connection:
         batch, self._downstream = self._downstream, []
         link = self.link
         changed = await link.db.run(link.store.apply_batch, batch)
+        crash_point("edge.after_apply_commit")
         top = max(env.rv or 0 for env in batch)
         self.session.ack(top, link.clock.monotonic())
         if changed:
@@ -305,6 +307,8 @@ class _Connection:
             for row in rows:
                 session.send(row.op, row.res, row.seq, row.body, now)
             await self._flush()
+            if rows:
+                crash_point("edge.after_outbox_send")
 
     async def _flush(self) -> None:
         frames = self.session.data_to_send()

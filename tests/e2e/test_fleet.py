@@ -1,0 +1,178 @@
+"""End to end with real processes: join, dispatch, crashes at every step, link cuts.
+
+Each test checks the exactly-once claim of docs/protocol.md §6 from both
+ends: the edge's own SQLite (how many times it ran each task) and the
+cloud's API (how many results it holds per task and node).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cloudcore.edgectl import CtlError
+from cloudcore.fleet import LocalFleet
+from shared.faults import CRASH_EXIT_CODE
+from tests.e2e.conftest import all_succeeded, assert_exactly_once, edge_runs, once_task
+from tests.helpers.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.slow
+
+SLOW_ECHO = [sys.executable, "-c", "import time; time.sleep(0.4); print('done')"]
+
+
+def apply(
+    fleet: LocalFleet, names: list[str], nodes: list[str], argv: list[str] | None = None
+) -> None:
+    for name in names:
+        fleet.api("POST", "/api/v1/tasks", once_task(name, nodes, argv))
+
+
+def apply_until_crash(
+    fleet: LocalFleet, names: list[str], nodes: list[str], argv: list[str] | None = None
+) -> None:
+    """Apply tasks one by one; the cloud may die under a request (the point of the test)."""
+    for name in names:
+        try:
+            apply(fleet, [name], nodes, argv)
+        except CtlError:
+            return
+
+
+def wait_ready(fleet: LocalFleet, nodes: list[str], timeout: float = 30) -> None:
+    fleet.wait_until(
+        lambda: all(fleet.nodes().get(n, {}).get("state") == "Ready" for n in nodes),
+        timeout,
+        f"{nodes} Ready",
+    )
+
+
+def test_join_dispatch_result_on_two_nodes(fleet: LocalFleet) -> None:
+    fleet.start_cloud()
+    for name in ("edge-a", "edge-b"):
+        fleet.join(name, labels={"zone": "lab"})
+        fleet.start_edge(name)
+    wait_ready(fleet, ["edge-a", "edge-b"])
+    fleet.api(
+        "POST",
+        "/api/v1/tasks",
+        {
+            "metadata": {"name": "hello"},
+            "spec": {
+                "command": {"argv": ["echo", "hi"]},
+                "placement": {"selector": {"zone": "lab"}},
+            },
+        },
+    )
+    fleet.wait_until(
+        lambda: all_succeeded(fleet, ["hello"], ["edge-a", "edge-b"]),
+        30,
+        "hello to succeed on both nodes",
+    )
+    assert_exactly_once(fleet, ["hello"], ["edge-a", "edge-b"])
+    result = fleet.task("hello")["results"][0]
+    assert result["body"]["stdout_tail"] == "hi\n" and result["body"]["exit_code"] == 0
+    node = fleet.nodes()["edge-a"]
+    assert node["capacity"]["cpus"] >= 1 and node["labels"] == {"zone": "lab"}
+    assert node["software"].startswith("edgecore/")
+    # edgectl, as an operator runs it
+    env_config = str(fleet.cloud_dir / "edgectl.yaml")
+    out = subprocess.run(
+        [sys.executable, "-m", "cloudcore.edgectl", "--config", env_config, "node", "list"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "edge-a" in out and "edge-b" in out and "Ready" in out
+    # orderly shutdown: every daemon exits 0 on SIGTERM
+    assert set(fleet.stop_all().values()) == {0}
+
+
+def test_cloud_crash_mid_dispatch_then_restart(fleet: LocalFleet) -> None:
+    fleet.start_cloud(env={"EDGESYNC_CRASH_AT": "cloud.after_desired_sent:3"})
+    fleet.join("edge-1")
+    fleet.start_edge("edge-1")
+    wait_ready(fleet, ["edge-1"])
+    names = [f"t{i}" for i in range(12)]
+    apply_until_crash(fleet, names[:6], ["edge-1"])
+    assert fleet.cloud is not None
+    assert fleet.cloud.wait(20) == CRASH_EXIT_CODE, "cloudcore did not reach its crash point"
+    fleet.start_cloud()
+    apply(fleet, names, ["edge-1"])  # re-applying an unchanged task is a no-op
+    fleet.wait_until(lambda: all_succeeded(fleet, names, ["edge-1"]), 60, "all tasks to succeed")
+    assert_exactly_once(fleet, names, ["edge-1"])
+
+
+def test_edge_crash_between_apply_and_ack(fleet: LocalFleet) -> None:
+    fleet.start_cloud()
+    fleet.join("edge-1")
+    edge = fleet.start_edge("edge-1", env={"EDGESYNC_CRASH_AT": "edge.after_apply_commit"})
+    wait_ready(fleet, ["edge-1"])
+    names = ["a", "b", "c"]
+    apply(fleet, names, ["edge-1"])
+    assert edge.wait(20) == CRASH_EXIT_CODE, "edgecore did not reach its crash point"
+    assert "crashing at edge.after_apply_commit" in edge.log_text()
+    fleet.start_edge("edge-1")
+    fleet.wait_until(lambda: all_succeeded(fleet, names, ["edge-1"]), 30, "tasks to succeed")
+    assert_exactly_once(fleet, names, ["edge-1"])
+
+
+def test_edge_crash_after_result_sent_before_ack(fleet: LocalFleet) -> None:
+    fleet.start_cloud()
+    fleet.join("edge-1")
+    # 1st outbox send: the `running` report; 2nd: the result. Crash right after it.
+    edge = fleet.start_edge("edge-1", env={"EDGESYNC_CRASH_AT": "edge.after_outbox_send:2"})
+    wait_ready(fleet, ["edge-1"])
+    apply(fleet, ["slow"], ["edge-1"], SLOW_ECHO)
+    assert edge.wait(20) == CRASH_EXIT_CODE
+    fleet.start_edge("edge-1")
+    fleet.wait_until(lambda: all_succeeded(fleet, ["slow"], ["edge-1"]), 30, "slow to succeed")
+    time.sleep(1.0)  # let any duplicate that would arrive, arrive
+    assert_exactly_once(fleet, ["slow"], ["edge-1"])
+
+
+def test_cloud_crash_after_result_commit_before_ack(fleet: LocalFleet) -> None:
+    # The cloud commits the first upstream batch (the `running` report), then dies
+    # before acking; the edge resends it after the restart and the cloud must dedupe.
+    fleet.start_cloud(env={"EDGESYNC_CRASH_AT": "cloud.after_upstream_commit"})
+    fleet.join("edge-1")
+    fleet.start_edge("edge-1")
+    wait_ready(fleet, ["edge-1"])
+    apply_until_crash(fleet, ["r1", "r2"], ["edge-1"], SLOW_ECHO)
+    assert fleet.cloud is not None and fleet.cloud.wait(20) == CRASH_EXIT_CODE
+    fleet.start_cloud()
+    apply(fleet, ["r1", "r2"], ["edge-1"], SLOW_ECHO)  # no-op for what was applied before
+    fleet.wait_until(lambda: all_succeeded(fleet, ["r1", "r2"], ["edge-1"]), 30, "tasks to succeed")
+    time.sleep(1.0)
+    assert_exactly_once(fleet, ["r1", "r2"], ["edge-1"])
+
+
+def test_link_cuts_while_tasks_are_created(fleet: LocalFleet) -> None:
+    fleet.start_cloud()
+    nodes = ["edge-1", "edge-2"]
+    with TcpProxy("127.0.0.1", fleet.runtime["websocket_port"]) as proxy:
+        for name in nodes:
+            fleet.join(name)
+            fleet.set_edge_url(name, f"wss://127.0.0.1:{proxy.port}/edgesync/v1")
+            fleet.start_edge(name)
+        wait_ready(fleet, nodes)
+        names = [f"cut{i}" for i in range(16)]
+        for i, name in enumerate(names):
+            apply(fleet, [name], nodes)
+            if i % 4 == 1:
+                proxy.cut()
+            if i == 8:
+                proxy.block()
+            if i == 12:
+                proxy.unblock()
+            time.sleep(0.15)
+        proxy.unblock()
+        fleet.wait_until(lambda: all_succeeded(fleet, names, nodes), 60, "all tasks to succeed")
+        assert proxy.connections > len(nodes), "the link was never actually cut"
+    time.sleep(0.5)
+    assert_exactly_once(fleet, names, nodes)
+    for node in nodes:
+        assert len(edge_runs(fleet, node)) == len(names)
