@@ -7,6 +7,8 @@ cloud's API (how many results it holds per task and node).
 
 from __future__ import annotations
 
+import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -176,3 +178,92 @@ def test_link_cuts_while_tasks_are_created(fleet: LocalFleet) -> None:
     assert_exactly_once(fleet, names, nodes)
     for node in nodes:
         assert len(edge_runs(fleet, node)) == len(names)
+
+
+def test_node_goes_not_ready_when_frozen_and_recovers(fleet: LocalFleet) -> None:
+    fleet.start_cloud()
+    fleet.join("edge-1")
+    edge = fleet.start_edge("edge-1")
+    wait_ready(fleet, ["edge-1"])
+    edge.signal(signal.SIGSTOP)  # alive but silent: no pings, no FIN
+    try:
+        fleet.wait_until(
+            lambda: fleet.nodes()["edge-1"]["state"] == "NotReady",
+            15,
+            "edge-1 to be NotReady after missed pings",
+        )
+        node = fleet.nodes()["edge-1"]
+        assert "timeout" in node["reason"] or "nothing received" in node["reason"]
+    finally:
+        edge.signal(signal.SIGCONT)
+    wait_ready(fleet, ["edge-1"], timeout=20)
+
+
+def test_task_update_reruns_and_delete_stops(fleet: LocalFleet) -> None:
+    fleet.start_cloud()
+    fleet.join("edge-1")
+    fleet.start_edge("edge-1")
+    wait_ready(fleet, ["edge-1"])
+    apply(fleet, ["job"], ["edge-1"], ["echo", "v1"])
+    fleet.wait_until(lambda: all_succeeded(fleet, ["job"], ["edge-1"]), 30, "v1 to succeed")
+    apply(fleet, ["job"], ["edge-1"], ["echo", "v2"])  # a new generation runs again
+    fleet.wait_until(lambda: fleet.task("job")["assignments"][0]["runs"] == 2, 30, "v2 run")
+    outputs = sorted(r["body"]["stdout_tail"] for r in fleet.task("job")["results"])
+    assert outputs == ["v1\n", "v2\n"]
+    assert [g for _, g, _ in edge_runs(fleet, "edge-1")] == [1, 2]
+    long_run = [sys.executable, "-c", "import time; time.sleep(60)"]
+    apply(fleet, ["sleeper"], ["edge-1"], long_run)
+    fleet.wait_until(
+        lambda: fleet.task("sleeper")["assignments"][0]["phase"] == "running",
+        30,
+        "sleeper to start",
+    )
+    fleet.api("DELETE", "/api/v1/tasks/default/sleeper")
+
+    def sleeper_stopped() -> bool:
+        db = fleet.edge_dir("edge-1") / "edge.db"
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            row = conn.execute("SELECT phase FROM runs WHERE res='task/default/sleeper'").fetchone()
+            objects = conn.execute(
+                "SELECT count(*) FROM objects WHERE res LIKE '%sleeper'"
+            ).fetchone()
+        return row is not None and row[0] == "failed" and objects[0] == 0
+
+    fleet.wait_until(sleeper_stopped, 20, "the deleted task's process to be stopped on the edge")
+
+
+def test_edge_keeps_running_tasks_while_cloud_is_down(fleet: LocalFleet) -> None:
+    fleet.start_cloud()
+    fleet.join("edge-1")
+    fleet.start_edge("edge-1")
+    wait_ready(fleet, ["edge-1"])
+    fleet.api(
+        "POST",
+        "/api/v1/tasks",
+        {
+            "metadata": {"name": "tick"},
+            "spec": {
+                "command": {"argv": ["echo", "tick"]},
+                "trigger": {"type": "interval", "every": 0.5},
+                "placement": {"nodes": ["edge-1"]},
+            },
+        },
+    )
+    fleet.wait_until(lambda: fleet.task("tick")["assignments"][0]["runs"] >= 1, 30, "first tick")
+    assert fleet.cloud is not None
+    fleet.cloud.kill()
+    runs_at_outage = len(edge_runs(fleet, "edge-1"))
+    time.sleep(3.0)
+    runs_offline = len(edge_runs(fleet, "edge-1")) - runs_at_outage
+    assert runs_offline >= 3, f"only {runs_offline} runs while the cloud was down"
+    fleet.start_cloud()
+
+    def all_results_arrived() -> bool:
+        # `runs` counts results applied by the cloud (its result history is trimmed to 20)
+        ran = len(edge_runs(fleet, "edge-1"))
+        return int(fleet.task("tick")["assignments"][0]["runs"]) >= ran - 1  # one in flight
+
+    fleet.wait_until(all_results_arrived, 30, "offline results to reach the cloud")
+    results = fleet.task("tick")["results"]
+    run_ids = [r["run_id"] for r in results]
+    assert len(run_ids) == len(set(run_ids)), "a result arrived twice"
