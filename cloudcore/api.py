@@ -49,6 +49,7 @@ class Api:
         node_cert_days: int,
         default_token_ttl: float,
         websocket_port: Callable[[], int],
+        quic_port: Callable[[], int | None],
         insecure_no_auth: bool,
     ) -> None:
         self.store = store
@@ -60,6 +61,7 @@ class Api:
         self.node_cert_days = node_cert_days
         self.default_token_ttl = default_token_ttl
         self.websocket_port = websocket_port
+        self.quic_port = quic_port
         self.insecure_no_auth = insecure_no_auth
         self.admin_token = pki_files.admin_token()
 
@@ -162,6 +164,7 @@ class Api:
                 "certificate": cert.decode(),
                 "ca": self.pki.ca_pem.decode(),
                 "websocket_port": self.websocket_port(),
+                "quic_port": self.quic_port(),
             }
         )
 

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from cloudcore.api import Api
 from cloudcore.config import CloudConfig
+from cloudcore.hub.quic import QuicHubServer
 from cloudcore.hub.tls import server_context
 from cloudcore.hub.websocket import WebSocketServer
 from cloudcore.pki import CloudPKI, write_private
@@ -41,6 +42,7 @@ class CloudCore:
         self.scheduler = Scheduler(self.store, self.db, self.clock, self.hub.notify)
         self.hub.on_labels_changed = self.scheduler.reconcile
         self.websocket_port = 0
+        self.quic_port: int | None = None
         self.api_port = 0
         self._stop = asyncio.Event()
 
@@ -64,6 +66,17 @@ class CloudCore:
             self.config.hub.compression,
         )
         self.websocket_port = await ws.start(self.config.hub.listen, self.config.hub.websocket_port)
+        quic: QuicHubServer | None = None
+        if self.config.hub.quic_port >= 0:
+            quic = QuicHubServer(
+                self.hub.serve,
+                self.pki.server_cert_path,
+                self.pki.server_key_path,
+                self.pki.ca_cert_path,
+                self.config.hub.max_frame_bytes,
+                self.config.hub.quic_idle_timeout,
+            )
+            self.quic_port = await quic.start(self.config.hub.listen, self.config.hub.quic_port)
         api = Api(
             store=self.store,
             db=self.db,
@@ -74,6 +87,7 @@ class CloudCore:
             node_cert_days=self.config.pki.node_cert_days,
             default_token_ttl=self.config.pki.default_token_ttl,
             websocket_port=lambda: self.websocket_port,
+            quic_port=lambda: self.quic_port,
             insecure_no_auth=self.config.api.insecure_no_auth,
         )
         runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
@@ -108,6 +122,8 @@ class CloudCore:
             log.info("cloudcore shutting down")
             _notify_systemd("STOPPING=1")
             await ws.stop()
+            if quic is not None:
+                await quic.stop()
             await self.hub.close_all("cloudcore is shutting down")
             await runner.cleanup()
             self.db.shutdown()
@@ -127,6 +143,7 @@ class CloudCore:
         state = {
             "pid": os.getpid(),
             "websocket_port": self.websocket_port,
+            "quic_port": self.quic_port,
             "api_port": self.api_port,
             "api": server,
         }

@@ -14,6 +14,7 @@ from shared.protocol.session import SessionConfig
 class HubConfig:
     listen: str = setting("0.0.0.0", "address the edge-facing transports listen on")
     websocket_port: int = setting(10000, "WebSocket (wss) port for edge sessions; 0 picks one")
+    quic_port: int = setting(10001, "QUIC (UDP) port for edge sessions; 0 picks one, -1 disables")
     max_frame_bytes: int = setting(1 << 20, "largest protocol frame accepted, bytes")
     window: int = setting(256, "unacked desired-state messages in flight per node")
     ping_interval: float = setting(15.0, "seconds between pings on an edge session")
@@ -22,6 +23,11 @@ class HubConfig:
     compression: bool = setting(
         False, "permessage-deflate on WebSocket (costs ~33 KiB RAM per connection)"
     )
+
+    @property
+    def quic_idle_timeout(self) -> float:
+        """QUIC's own idle timeout sits just past the protocol's dead-link deadline."""
+        return self.ping_interval * (self.missed_pings + 1)
 
     def session_config(self) -> SessionConfig:
         return SessionConfig(

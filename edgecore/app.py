@@ -41,6 +41,13 @@ class EdgeCore:
             )
         if not self.config.cloud.websocket_url:
             raise ConfigError("cloud.websocket_url is empty; run `edgecore join` first")
+        if self.config.link.transport not in ("websocket", "quic", "auto"):
+            raise ConfigError(
+                f"link.transport must be websocket, quic or auto, not "
+                f"{self.config.link.transport!r}"
+            )
+        if self.config.link.transport == "quic" and not self.config.cloud.quic_url:
+            raise ConfigError("link.transport is quic but cloud.quic_url is empty")
         return pki.node_name_from_cert(pki.load_cert_pem(cert.read_bytes()))
 
     async def run(self) -> None:

@@ -19,11 +19,16 @@ from shared.protocol.session import SessionConfig
 class CloudEndpoint:
     websocket_url: str = setting("", "wss://HOST:10000/edgesync/v1 (written by `edgecore join`)")
     api_url: str = setting("", "https://HOST:10002 (written by `edgecore join`)")
+    quic_url: str = setting("", "quic://HOST:10001 (written by `edgecore join`; empty: no QUIC)")
 
 
 @dataclass(frozen=True)
 class LinkConfig:
-    transport: str = setting("websocket", "websocket (QUIC arrives with issue #3)")
+    transport: str = setting(
+        "auto", "websocket, quic, or auto (QUIC, falling back to WebSocket when UDP is blocked)"
+    )
+    quic_probe_timeout: float = setting(3.0, "auto: seconds to wait for a QUIC handshake")
+    auto_remember: float = setting(600.0, "auto: seconds to stay on WebSocket after QUIC failed")
     connect_timeout: float = setting(10.0, "seconds to establish TLS and the WebSocket")
     backoff_initial: float = setting(0.5, "first reconnect delay bound, seconds")
     backoff_cap: float = setting(30.0, "longest reconnect delay, seconds (full jitter below it)")

@@ -87,11 +87,11 @@ def join(cloud_url: str, token_text: str, data_dir: Path, labels: dict[str, str]
     (data_dir / "node.crt").write_bytes(pki.cert_to_pem(cert))
     ws_port = int(answer["websocket_port"])
     host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
-    config = {
-        "data_dir": str(data_dir),
-        "labels": labels,
-        "cloud": {"websocket_url": f"wss://{host}:{ws_port}/edgesync/v1", "api_url": base},
-    }
+    cloud = {"websocket_url": f"wss://{host}:{ws_port}/edgesync/v1", "api_url": base}
+    quic_port = answer.get("quic_port")
+    if isinstance(quic_port, int):
+        cloud["quic_url"] = f"quic://{host}:{quic_port}"
+    config: dict[str, Any] = {"data_dir": str(data_dir), "labels": labels, "cloud": cloud}
     config_path = data_dir / CONFIG_NAME
     existing = yaml.safe_load(config_path.read_text()) if config_path.exists() else None
     if isinstance(existing, dict):

@@ -19,12 +19,13 @@ from typing import Any
 
 from edgecore import sysinfo
 from edgecore.config import EdgeConfig
+from edgecore.link.quic import connect_quic
 from edgecore.link.websocket import connect_websocket
 from edgecore.store import EdgeStore
 from shared.backoff import backoff, is_retryable
 from shared.clock import Clock
 from shared.dbthread import DbThread
-from shared.errors import AuthError, EdgesyncError, LinkError, UnsupportedVersion
+from shared.errors import AuthError, EdgesyncError, LinkBroken, LinkError, UnsupportedVersion
 from shared.faults import crash_point
 from shared.protocol.events import (
     AckReceived,
@@ -65,6 +66,8 @@ class Link:
         self.heartbeat = heartbeat
         self.connected = asyncio.Event()
         self.connects = 0
+        self.fallbacks = 0
+        self._websocket_until = 0.0
         self._connection: _Connection | None = None
         self._stopping = False
 
@@ -74,13 +77,40 @@ class Link:
             self._connection.wake(more_outbox=True)
 
     async def _connect(self) -> Channel:
-        link = self.config.link
-        return await connect_websocket(
-            self.config.cloud.websocket_url,
-            self.ssl_context,
-            link.connect_timeout,
-            link.max_frame_bytes,
-        )
+        """Open a channel with the configured transport (docs/operations.md, "Transports")."""
+        link, cloud = self.config.link, self.config.cloud
+        mode = link.transport
+        if mode == "auto" and not cloud.quic_url:
+            mode = "websocket"
+        if mode == "auto" and self.clock.monotonic() < self._websocket_until:
+            mode = "websocket"
+        if mode == "websocket":
+            return await connect_websocket(
+                cloud.websocket_url, self.ssl_context, link.connect_timeout, link.max_frame_bytes
+            )
+        timeout = link.quic_probe_timeout if mode == "auto" else link.connect_timeout
+        d = self.config.data_path
+        try:
+            return await connect_quic(
+                cloud.quic_url,
+                d / "node.crt",
+                d / "node.key",
+                d / "ca.crt",
+                timeout,
+                link.max_frame_bytes,
+                link.ping_interval * (link.missed_pings + 1),
+            )
+        except LinkBroken as exc:
+            if mode != "auto":
+                raise
+            self._websocket_until = self.clock.monotonic() + link.auto_remember
+            log.warning(
+                "QUIC unavailable (%s); using WebSocket for the next %.0fs", exc, link.auto_remember
+            )
+            self.fallbacks += 1
+            return await connect_websocket(
+                cloud.websocket_url, self.ssl_context, link.connect_timeout, link.max_frame_bytes
+            )
 
     async def run(self) -> None:
         """Keep a session with the cloud until cancelled."""

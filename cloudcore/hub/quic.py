@@ -1,0 +1,141 @@
+"""QUIC transport, cloud side (UDP, default port 10001), mutual TLS 1.3, ALPN edgesync/1.
+
+aioquic's server never asks for a client certificate except in its own
+tests, and when it gets one it checks only possession of the key, not who
+issued it. So this module turns the request on for every connection and
+verifies the client certificate itself against the cloud CA (signature,
+validity, clientAuth) before any frame is read; a connection without a
+valid node certificate is closed with an error the edge can read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aioquic.asyncio.server import QuicServer, serve
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from shared import pki
+from shared.errors import PKIError
+from shared.quic_channel import ALPN, CLOSE_UNAUTHORIZED, QuicChannel, QuicChannelProtocol
+
+log = logging.getLogger(__name__)
+
+ChannelHandler = Callable[[QuicChannel], Awaitable[None]]
+
+
+def verify_client_certificate(
+    cert: x509.Certificate | None, ca: x509.Certificate, now: dt.datetime
+) -> str:
+    """Return the node name of a client certificate issued by `ca`; raise PKIError otherwise."""
+    if cert is None:
+        raise PKIError("the client sent no certificate")
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (InvalidSignature, ValueError, TypeError) as exc:
+        raise PKIError(f"the client certificate is not signed by this cloud's CA ({exc})") from None
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise PKIError(
+            f"the client certificate is not valid now (valid "
+            f"{cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d})"
+        )
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        raise PKIError("the client certificate has no extended key usage") from None
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+        raise PKIError("the client certificate is not for client authentication")
+    return pki.node_name_from_cert(cert)
+
+
+class QuicHubServer:
+    def __init__(
+        self,
+        handler: ChannelHandler,
+        cert: Path,
+        key: Path,
+        ca: Path,
+        max_frame_bytes: int,
+        idle_timeout: float,
+    ) -> None:
+        self._handler = handler
+        self._ca = pki.load_cert_pem(ca.read_bytes())
+        self._max_frame_bytes = max_frame_bytes
+        self._config = QuicConfiguration(
+            is_client=False,
+            alpn_protocols=[ALPN],
+            idle_timeout=idle_timeout,
+            max_datagram_frame_size=None,
+        )
+        self._config.load_cert_chain(str(cert), str(key))
+        self._server: QuicServer | None = None
+        self._sessions: set[asyncio.Task[None]] = set()
+        self.refused = 0
+
+    async def start(self, host: str, port: int) -> int:
+        self._server = await serve(
+            host, port, configuration=self._config, create_protocol=self._create_protocol
+        )
+        transport = self._server._transport
+        assert transport is not None
+        return int(transport.get_extra_info("sockname")[1])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._sessions):
+            task.cancel()
+
+    def _create_protocol(
+        self, quic: QuicConnection, stream_handler: Any = None
+    ) -> QuicChannelProtocol:
+        _request_client_certificate(quic)
+        return QuicChannelProtocol(
+            quic,
+            stream_handler,
+            max_frame_bytes=self._max_frame_bytes,
+            on_handshake=self._on_handshake,
+        )
+
+    def _on_handshake(self, channel: QuicChannel) -> None:
+        peer_cert = getattr(channel.quic.tls, "_peer_certificate", None)
+        try:
+            channel.node = verify_client_certificate(
+                peer_cert, self._ca, dt.datetime.now(dt.timezone.utc)
+            )
+        except PKIError as exc:
+            self.refused += 1
+            log.warning("QUIC connection from %s refused: %s", channel.peer, exc)
+            channel.abort(CLOSE_UNAUTHORIZED, f"unauthorized: {exc}")
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._run(channel), name=f"quic:{channel.node}"
+        )
+        self._sessions.add(task)
+        task.add_done_callback(self._sessions.discard)
+
+    async def _run(self, channel: QuicChannel) -> None:
+        try:
+            await self._handler(channel)
+        finally:
+            await channel.close()
+
+
+def _request_client_certificate(quic: QuicConnection) -> None:
+    """Make aioquic's TLS server send a CertificateRequest (its flag is test-only upstream)."""
+    initialize = quic._initialize
+
+    def initialize_and_request(peer_cid: bytes) -> None:
+        initialize(peer_cid)
+        quic.tls._request_client_certificate = True
+
+    quic._initialize = initialize_and_request  # type: ignore[method-assign]
