@@ -100,7 +100,12 @@ class LocalFleet:
         self.root.mkdir(parents=True, exist_ok=True)
         self.cloud_dir = root / "cloud"
         self.cloud_config = {
-            "hub": {"websocket_port": 0, "listen": "127.0.0.1", "ping_interval": 5.0},
+            "hub": {
+                "websocket_port": 0,
+                "quic_port": 0,
+                "listen": "127.0.0.1",
+                "ping_interval": 5.0,
+            },
             "api": {"port": 0, "listen": "127.0.0.1"},
             **(cloud_config or {}),
         }
@@ -118,6 +123,7 @@ class LocalFleet:
             self.cloud_config["hub"] = {
                 **self.cloud_config.get("hub", {}),
                 "websocket_port": ports["websocket_port"],
+                "quic_port": ports["quic_port"] if ports["quic_port"] is not None else -1,
             }
             self.cloud_config["api"] = {
                 **self.cloud_config.get("api", {}),
@@ -186,11 +192,16 @@ class LocalFleet:
                     config[key] = value
             path.write_text(yaml.safe_dump(config))
 
-    def set_edge_url(self, name: str, websocket_url: str) -> None:
+    def set_edge_url(
+        self, name: str, websocket_url: str | None = None, quic_url: str | None = None
+    ) -> None:
         """Point an edge at another address (a proxy in tests)."""
         path = self.edge_dir(name) / "edgecore.yaml"
         config = yaml.safe_load(path.read_text())
-        config["cloud"]["websocket_url"] = websocket_url
+        if websocket_url is not None:
+            config["cloud"]["websocket_url"] = websocket_url
+        if quic_url is not None:
+            config["cloud"]["quic_url"] = quic_url
         path.write_text(yaml.safe_dump(config))
 
     def start_edge(self, name: str, env: dict[str, str] | None = None) -> Daemon:

@@ -15,6 +15,7 @@ from cloudcore.fleet import LocalFleet
 FAST_CLOUD = {
     "hub": {
         "websocket_port": 0,
+        "quic_port": 0,
         "listen": "127.0.0.1",
         "ping_interval": 1.0,
         "missed_pings": 3,
@@ -32,9 +33,16 @@ FAST_EDGE = {
 }
 
 
+@pytest.fixture(params=["websocket", "quic"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """Every end-to-end test runs over both transports."""
+    return str(request.param)
+
+
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[LocalFleet]:
-    fleet = LocalFleet(tmp_path, cloud_config=FAST_CLOUD, edge_config=FAST_EDGE)
+def fleet(tmp_path: Path, transport: str) -> Iterator[LocalFleet]:
+    edge = {"link": {**FAST_EDGE["link"], "transport": transport}}
+    fleet = LocalFleet(tmp_path, cloud_config=FAST_CLOUD, edge_config=edge)
     try:
         yield fleet
     finally:

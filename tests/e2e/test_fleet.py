@@ -20,6 +20,7 @@ from cloudcore.fleet import LocalFleet
 from shared.faults import CRASH_EXIT_CODE
 from tests.e2e.conftest import all_succeeded, assert_exactly_once, edge_runs, once_task
 from tests.helpers.tcp_proxy import TcpProxy
+from tests.helpers.udp_proxy import UdpProxy
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +53,7 @@ def wait_ready(fleet: LocalFleet, nodes: list[str], timeout: float = 30) -> None
     )
 
 
-def test_join_dispatch_result_on_two_nodes(fleet: LocalFleet) -> None:
+def test_join_dispatch_result_on_two_nodes(fleet: LocalFleet, transport: str) -> None:
     fleet.start_cloud()
     for name in ("edge-a", "edge-b"):
         fleet.join(name, labels={"zone": "lab"})
@@ -80,6 +81,7 @@ def test_join_dispatch_result_on_two_nodes(fleet: LocalFleet) -> None:
     node = fleet.nodes()["edge-a"]
     assert node["capacity"]["cpus"] >= 1 and node["labels"] == {"zone": "lab"}
     assert node["software"].startswith("edgecore/")
+    assert node["transport"] == transport
     # edgectl, as an operator runs it
     env_config = str(fleet.cloud_dir / "edgectl.yaml")
     out = subprocess.run(
@@ -152,28 +154,44 @@ def test_cloud_crash_after_result_commit_before_ack(fleet: LocalFleet) -> None:
     assert_exactly_once(fleet, ["r1", "r2"], ["edge-1"])
 
 
-def test_link_cuts_while_tasks_are_created(fleet: LocalFleet) -> None:
+def test_link_cuts_while_tasks_are_created(fleet: LocalFleet, transport: str) -> None:
     fleet.start_cloud()
     nodes = ["edge-1", "edge-2"]
-    with TcpProxy("127.0.0.1", fleet.runtime["websocket_port"]) as proxy:
+    names = [f"cut{i}" for i in range(16)]
+    if transport == "websocket":
+        proxy: TcpProxy | UdpProxy = TcpProxy("127.0.0.1", fleet.runtime["websocket_port"])
+    else:
+        proxy = UdpProxy("127.0.0.1", fleet.runtime["quic_port"])
+    with proxy:
         for name in nodes:
             fleet.join(name)
-            fleet.set_edge_url(name, f"wss://127.0.0.1:{proxy.port}/edgesync/v1")
+            if transport == "websocket":
+                fleet.set_edge_url(name, websocket_url=f"wss://127.0.0.1:{proxy.port}/edgesync/v1")
+            else:
+                fleet.set_edge_url(name, quic_url=f"quic://127.0.0.1:{proxy.port}")
             fleet.start_edge(name)
         wait_ready(fleet, nodes)
-        names = [f"cut{i}" for i in range(16)]
+        assert {n["transport"] for n in fleet.nodes().values()} == {transport}
         for i, name in enumerate(names):
             apply(fleet, [name], nodes)
-            if i % 4 == 1:
-                proxy.cut()
-            if i == 8:
-                proxy.block()
-            if i == 12:
-                proxy.unblock()
+            if isinstance(proxy, TcpProxy):
+                if i % 4 == 1:
+                    proxy.cut()
+                if i == 8:
+                    proxy.block()
+                if i == 12:
+                    proxy.unblock()
+            elif i in (3, 10):
+                # UDP has no connection to cut: black-hole it past the 3 s dead-link deadline.
+                proxy.blocked = True
+                time.sleep(3.5)
+                proxy.blocked = False
             time.sleep(0.15)
-        proxy.unblock()
         fleet.wait_until(lambda: all_succeeded(fleet, names, nodes), 60, "all tasks to succeed")
-        assert proxy.connections > len(nodes), "the link was never actually cut"
+        if isinstance(proxy, TcpProxy):
+            assert proxy.connections > len(nodes), "the link was never actually cut"
+        else:
+            assert proxy.dropped > 0, "no datagram was ever dropped"
     time.sleep(0.5)
     assert_exactly_once(fleet, names, nodes)
     for node in nodes:
@@ -196,7 +214,7 @@ def test_node_goes_not_ready_when_frozen_and_recovers(fleet: LocalFleet) -> None
         assert "timeout" in node["reason"] or "nothing received" in node["reason"]
     finally:
         edge.signal(signal.SIGCONT)
-    wait_ready(fleet, ["edge-1"], timeout=20)
+    wait_ready(fleet, ["edge-1"], timeout=45)
 
 
 def test_task_update_reruns_and_delete_stops(fleet: LocalFleet) -> None:
