@@ -62,7 +62,7 @@ class EdgeCore:
 
         def heartbeat() -> dict[str, Any]:
             metrics = sysinfo.load()
-            metrics["running"] = len(scheduler._running) if scheduler else 0
+            metrics["running"] = scheduler.running_count if scheduler else 0
             return metrics
 
         link = Link(

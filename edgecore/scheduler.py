@@ -65,6 +65,10 @@ class LocalScheduler:
         self._history: dict[tuple[str, int], tuple[int, int]] = {}
         self._running: dict[str, _Running] = {}
 
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
     def desired_changed(self, resources: list[str]) -> None:
         """The link applied new desired state: reload tasks."""
         self._reload = True
