@@ -16,7 +16,7 @@ PURE_MODULES = [
     "shared.config",
     "shared.pki",
 ]
-FORBIDDEN = ["asyncio", "websockets", "aioquic", "sqlalchemy", "paho", "aiohttp", "selectors"]
+FORBIDDEN = ["asyncio", "websockets", "aioquic", "sqlalchemy", "paho", "aiohttp"]
 
 
 def test_pure_modules_import_no_io_library() -> None:
