@@ -106,7 +106,8 @@ results = sa.Table(
     sa.Column("stale", sa.Boolean, nullable=False, default=False),
     sa.Column("body", sa.JSON, nullable=False),
     sa.Column("received_ms", sa.BigInteger, nullable=False),
-    sa.UniqueConstraint("node", "seq", name="uq_results_node_seq"),
+    # One row per run. Not (node, seq): a reinstalled edge numbers its outbox from 1 again.
+    sa.UniqueConstraint("node", "run_id", name="uq_results_node_run"),
     sa.Index("ix_results_res_node", "res", "node", "id"),
 )
 
@@ -665,6 +666,13 @@ class CloudStore:
             )
         stale = epoch < int(assignment.epoch)
         if env.op.value == "result":
+            seen = conn.execute(
+                sa.select(results.c.id).where(
+                    results.c.node == node, results.c.run_id == run_id[:64]
+                )
+            ).first()
+            if seen is not None:
+                return UpstreamOutcome(env, "duplicate", f"run {run_id} was already recorded")
             conn.execute(
                 sa.insert(results).values(
                     node=node,

@@ -16,7 +16,7 @@ from typing import Any
 from cloudcore.store import CloudStore
 from shared.clock import Clock
 from shared.dbthread import DbThread
-from shared.errors import LinkError, StoreError
+from shared.errors import LinkClosed, LinkError, PeerClosed, StoreError
 from shared.faults import crash_point
 from shared.protocol.events import (
     AckReceived,
@@ -253,7 +253,10 @@ class NodeSession:
                 frame = await self.channel.recv()
             except LinkError as exc:
                 self.close_reason = str(exc)
-                log.info("node %s: link lost: %s", self.node, exc)
+                level = (
+                    logging.INFO if isinstance(exc, (PeerClosed, LinkClosed)) else logging.WARNING
+                )
+                log.log(level, "node %s (%s): link lost: %s", self.node, self.channel.peer, exc)
                 session.close("link_lost", str(exc), clock.monotonic())
                 session.events_received()
                 break

@@ -118,8 +118,16 @@ class EdgeStore:
     def open(self) -> None:
         """Create or upgrade the schema; give the store its identity on first use."""
         with self._tx("create the schema") as conn:
+            # Refuse a newer store before touching it (SQLite DDL is not transactional here).
+            existing: dict[str, str] = {}
+            if sa.inspect(conn).has_table("meta"):
+                existing = {r.key: r.value for r in conn.execute(sa.select(meta))}
+            if int(existing.get("schema_version", "0")) > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} was written by a newer edgecore (schema "
+                    f"{existing['schema_version']} > {SCHEMA_VERSION}); upgrade edgecore"
+                )
             metadata.create_all(conn)
-            existing = {r.key: r.value for r in conn.execute(sa.select(meta))}
             if "schema_version" not in existing:
                 conn.execute(
                     sa.insert(meta),
@@ -128,11 +136,6 @@ class EdgeStore:
                         {"key": "store_id", "value": uuid.uuid4().hex},
                         {"key": "applied_rv", "value": "0"},
                     ],
-                )
-            elif int(existing["schema_version"]) > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path} was written by a newer edgecore (schema "
-                    f"{existing['schema_version']} > {SCHEMA_VERSION}); upgrade edgecore"
                 )
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ meets them.
     └── LinkError                   the connection to the peer is gone
         ├── LinkClosed              we closed it (ClosedResourceError in trio terms)
         └── LinkBroken              the network or the peer broke it (retry with backoff)
+            └── PeerClosed          the peer closed it cleanly (normal close, going away)
 """
 
 from __future__ import annotations
@@ -123,3 +124,7 @@ class LinkClosed(LinkError):
 
 class LinkBroken(LinkError):
     """The network or the peer broke the link; reconnect with backoff."""
+
+
+class PeerClosed(LinkBroken):
+    """The peer closed the link cleanly (WebSocket 1000/1001); reconnect as usual."""

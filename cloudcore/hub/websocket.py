@@ -1,133 +1,258 @@
 """WebSocket transport, cloud side: wss with mutual TLS, one `Channel` per edge.
 
-Built on asyncio streams and websockets' sans-I/O `ServerProtocol` rather
-than its asyncio server so that this module owns the TLS handshake: a client
-with no certificate or one from another CA is logged with its address and
-the reason (asyncio's own TLS server drops such failures silently), and the
-node identity is read from the verified certificate before any WebSocket
-byte is parsed.
+Built on an asyncio Protocol and websockets' sans-I/O `ServerProtocol`
+instead of websockets' asyncio server, so that this module owns the TLS
+handshake:
+- reading is paused the instant TCP connects, and TLS starts before any
+  byte is read (nothing of the client's hello can be lost);
+- a client with no certificate, or one from another CA, is logged with its
+  address and the reason (asyncio's own TLS server drops such failures
+  silently);
+- the node identity is read from the verified certificate before any
+  WebSocket byte is parsed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
-from websockets.exceptions import InvalidState, PayloadTooBig, ProtocolError
+from websockets.exceptions import InvalidState
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from shared.errors import LinkBroken, LinkClosed, PKIError
+from shared.errors import LinkBroken, LinkClosed, LinkError, PeerClosed, PKIError
 from shared.pki import node_name_from_der
 
 log = logging.getLogger(__name__)
 
 PATH = "/edgesync/v1"
-READ_CHUNK = 65536
 _DATA_OPCODES = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
 
 
-class WebSocketChannel:
-    """A server-side WebSocket connection from one authenticated edge."""
+class _Refused(Exception):
+    pass
 
-    transport = "websocket"
 
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        protocol: ServerProtocol,
-        node: str,
-        peer: str,
-    ) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._protocol = protocol
-        self.node = node
-        self.peer = peer
-        self._frames: list[bytes] = []
+class WebSocketChannel(asyncio.Protocol):
+    """One edge connection: TLS, then the WebSocket handshake, then frames.
+
+    asyncio calls the Protocol methods; the session driver uses the Channel
+    methods (`recv`, `send`, `close`).
+    """
+
+    def __init__(self, server: WebSocketServer) -> None:
+        self._server = server
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._ws: ServerProtocol | None = None
+        self.node = ""
+        self.peer = "unknown"
+        self._frames: asyncio.Queue[bytes | LinkError] = asyncio.Queue()
         self._fragments: list[bytes] = []
+        self._early: list[bytes] = []
+        self._request: asyncio.Future[Request | None] = self._loop.create_future()
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+        self._lost = False
         self._closed_by_us = False
 
-    async def recv(self) -> bytes:
-        while not self._frames:
-            if self._protocol.state is State.CLOSED or self._reader.at_eof():
-                raise self._closed_error()
-            try:
-                data = await self._reader.read(READ_CHUNK)
-            except (ConnectionError, ssl.SSLError, OSError) as exc:
-                raise LinkBroken(f"connection from {self.peer} failed: {exc}") from None
-            if data:
-                self._protocol.receive_data(data)
-            else:
-                self._protocol.receive_eof()
-            self._collect()
-            await self._flush()
-        return self._frames.pop(0)
+    @property
+    def transport(self) -> str:
+        return "websocket"
 
-    def _collect(self) -> None:
-        for event in self._protocol.events_received():
-            if isinstance(event, Frame) and event.opcode in (
-                Opcode.TEXT,
-                Opcode.BINARY,
-                Opcode.CONT,
-            ):
+    # ------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        if self._transport is None:  # the plain TCP connection
+            transport.pause_reading()  # not one byte before TLS owns the socket
+            addr = transport.get_extra_info("peername")
+            self.peer = f"{addr[0]}:{addr[1]}" if addr else "unknown"
+            self._transport = transport
+            # Ready before TLS completes: the upgrade request may follow the handshake at once.
+            extensions = [ServerPerMessageDeflateFactory()] if self._server.compression else None
+            self._ws = ServerProtocol(max_size=self._server.max_size, extensions=extensions)
+            self._server.spawn(self._serve())
+
+    def data_received(self, data: bytes) -> None:
+        if self._ws is None or self.node == "":  # nothing is parsed before identity is known
+            self._early.append(data)
+            return
+        self._ws.receive_data(data)
+        self._pump()
+
+    def eof_received(self) -> bool | None:
+        if self._ws is not None:
+            self._ws.receive_eof()
+            self._pump()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._can_write.set()
+        if not self._request.done():
+            self._request.set_result(None)
+        self._frames.put_nowait(self._closed_error(exc))
+
+    def pause_writing(self) -> None:
+        self._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self._can_write.set()
+
+    # ------------------------------------------------------------ handshake
+
+    async def _serve(self) -> None:
+        server = self._server
+        try:
+            await self._open()
+        except _Refused as exc:
+            log.warning("edge connection from %s refused: %s", self.peer, exc)
+            self._abort()
+            return
+        try:
+            await server.handler(self)
+        finally:
+            await self.close()
+
+    async def _open(self) -> None:
+        server, loop = self._server, self._loop
+        assert self._transport is not None
+        try:
+            tls = await loop.start_tls(
+                self._transport,
+                self,
+                server.ssl_context,
+                server_side=True,
+                ssl_handshake_timeout=server.handshake_timeout,
+            )
+        except (ssl.SSLError, ConnectionError, OSError, TimeoutError, asyncio.TimeoutError) as exc:
+            server.tls_failures += 1
+            raise _Refused(f"TLS handshake failed: {_describe_tls_error(exc)}") from None
+        if tls is None:
+            raise _Refused("connection closed during the TLS handshake")
+        self._transport = tls
+        ssl_obj = tls.get_extra_info("ssl_object")
+        der = ssl_obj.getpeercert(binary_form=True) if ssl_obj is not None else None
+        if not der:
+            raise _Refused("no client certificate")
+        try:
+            self.node = node_name_from_der(der)
+        except PKIError as exc:
+            raise _Refused(f"client certificate has no usable node name: {exc}") from None
+        assert self._ws is not None
+        for data in self._early:  # bytes that arrived between TLS and the identity check
+            self._ws.receive_data(data)
+        self._early.clear()
+        self._pump()
+        try:
+            request = await asyncio.wait_for(self._request, server.handshake_timeout)
+        except (TimeoutError, asyncio.TimeoutError):
+            raise _Refused(f"no WebSocket upgrade within {server.handshake_timeout:g}s") from None
+        if request is None:
+            raise _Refused(f"invalid WebSocket upgrade request ({self._ws.handshake_exc})")
+        if request.path != PATH:
+            response = self._ws.reject(404, f"edgesync speaks WebSocket on {PATH}\n")
+        else:
+            response = self._ws.accept(request)
+        self._ws.send_response(response)
+        self._write_pending()
+        if self._ws.state is not State.OPEN:
+            raise _Refused(f"WebSocket upgrade refused: HTTP {response.status_code} {request.path}")
+
+    # ------------------------------------------------------------ frames
+
+    def _pump(self) -> None:
+        ws = self._ws
+        assert ws is not None
+        for event in ws.events_received():
+            if isinstance(event, Request):
+                if not self._request.done():
+                    self._request.set_result(event)
+            elif isinstance(event, Frame) and event.opcode in _DATA_OPCODES:
                 self._fragments.append(bytes(event.data))
                 if event.fin:
-                    self._frames.append(b"".join(self._fragments))
+                    self._frames.put_nowait(b"".join(self._fragments))
                     self._fragments.clear()
+        handshake_failed = ws.state is State.CONNECTING and ws.handshake_exc is not None
+        if handshake_failed and not self._request.done():
+            self._request.set_result(None)
+        self._write_pending()  # pongs and close replies go out at once
 
-    def _closed_error(self) -> Exception:
+    def _write_pending(self) -> None:
+        ws, transport = self._ws, self._transport
+        if ws is None or transport is None:
+            return
+        for data in ws.data_to_send():
+            if data:
+                transport.write(data)
+            else:  # websockets asks for EOF: TLS cannot half-close, so close
+                transport.close()
+        if ws.state is State.CLOSED and not transport.is_closing():
+            transport.close()
+
+    def _closed_error(self, exc: Exception | None) -> LinkError:
         if self._closed_by_us:
             return LinkClosed(f"connection from {self.peer} closed")
-        exc = self._protocol.close_exc
-        if isinstance(exc, (PayloadTooBig,)):
-            return LinkBroken(f"{self.peer} sent a frame larger than the limit; closed (1009)")
-        code = self._protocol.close_code
-        reason = self._protocol.close_reason
-        return LinkBroken(
-            f"connection from {self.peer} closed (code {code}, {reason or 'no reason'})"
-        )
+        ws = self._ws
+        received = ws.close_rcvd if ws is not None else None
+        sent = ws.close_sent if ws is not None else None
+        if sent is not None and sent.code == 1009:
+            return LinkBroken(f"{self.peer} sent a frame above the size limit; closed (1009)")
+        if received is not None:
+            why = received.reason or "no reason"
+            cls = PeerClosed if received.code in (1000, 1001) else LinkBroken
+            return cls(f"{self.peer} closed the connection (code {received.code}, {why})")
+        detail = f": {exc}" if exc else ""
+        return LinkBroken(f"connection from {self.peer} lost{detail}")
+
+    # ------------------------------------------------------------ Channel
+
+    async def recv(self) -> bytes:
+        item = await self._frames.get()
+        if isinstance(item, LinkError):
+            self._frames.put_nowait(item)
+            raise item
+        return item
 
     async def send(self, frames: Sequence[bytes]) -> None:
+        ws = self._ws
+        if self._lost or ws is None:
+            raise self._closed_error(None)
         try:
             for frame in frames:
-                self._protocol.send_text(frame)
+                ws.send_text(frame)
         except InvalidState:
-            raise self._closed_error() from None
-        await self._flush()
-
-    async def _flush(self) -> None:
-        for data in self._protocol.data_to_send():
-            if data:
-                self._writer.write(data)
-            elif self._writer.can_write_eof():
-                self._writer.write_eof()
-        try:
-            await self._writer.drain()
-        except (ConnectionError, ssl.SSLError, OSError) as exc:
-            raise LinkBroken(f"writing to {self.peer} failed: {exc}") from None
+            raise self._closed_error(None) from None
+        self._write_pending()
+        await self._can_write.wait()
+        if self._lost:
+            raise self._closed_error(None)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if self._closed_by_us:
             return
         self._closed_by_us = True
-        try:
-            if self._protocol.state is State.OPEN:
-                self._protocol.send_close(code, reason[:120])
-            await self._flush()
-        except (LinkBroken, InvalidState, ProtocolError):
-            pass
-        self._writer.close()
-        try:
-            await asyncio.wait_for(self._writer.wait_closed(), 2.0)
-        except (TimeoutError, asyncio.TimeoutError, ConnectionError, ssl.SSLError, OSError):
-            pass
+        ws = self._ws
+        if ws is not None and ws.state is State.OPEN:
+            with contextlib.suppress(InvalidState):
+                ws.send_close(code, reason[:120])
+            self._write_pending()
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+
+    def _abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
 
 
 ChannelHandler = Callable[[WebSocketChannel], Awaitable[None]]
@@ -144,119 +269,38 @@ class WebSocketServer:
         handshake_timeout: float,
         compression: bool = False,
     ) -> None:
-        self._handler = handler
-        self._ssl = ssl_context
+        self.handler = handler
+        self.ssl_context = ssl_context
         # Frames somewhat above the protocol limit still reach the codec, which
         # answers with a typed `frame_too_large` error; far larger ones are cut
         # off here by websockets (close code 1009) without buffering them.
-        self._max_size = max_frame_bytes + 65536
-        self._handshake_timeout = handshake_timeout
-        self._compression = compression
-        self._server: asyncio.Server | None = None
+        self.max_size = max_frame_bytes + 65536
+        self.handshake_timeout = handshake_timeout
+        self.compression = compression
         self.tls_failures = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the bound port (useful with port 0)."""
-        self._server = await asyncio.start_server(self._on_connect, host, port, limit=READ_CHUNK)
-        sock = self._server.sockets[0]
-        return int(sock.getsockname()[1])
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: WebSocketChannel(self), host, port)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
-
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        addr = writer.get_extra_info("peername")
-        peer = f"{addr[0]}:{addr[1]}" if addr else "unknown"
-        try:
-            channel = await asyncio.wait_for(
-                self._open(reader, writer, peer), self._handshake_timeout
-            )
-        except (TimeoutError, asyncio.TimeoutError):
-            log.warning(
-                "edge connection from %s: no TLS/WebSocket handshake within %.0fs",
-                peer,
-                self._handshake_timeout,
-            )
-            writer.close()
-            return
-        except _Refused as exc:
-            log.warning("edge connection from %s refused: %s", peer, exc)
-            writer.close()
-            return
-        if channel is None:
-            return
-        try:
-            await self._handler(channel)
-        finally:
-            await channel.close()
-
-    async def _open(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
-    ) -> WebSocketChannel | None:
-        try:
-            await writer.start_tls(self._ssl)
-        except (ssl.SSLError, ConnectionError, OSError) as exc:
-            self.tls_failures += 1
-            raise _Refused(f"TLS handshake failed: {_describe_tls_error(exc)}") from None
-        ssl_obj = writer.get_extra_info("ssl_object")
-        der = ssl_obj.getpeercert(binary_form=True) if ssl_obj is not None else None
-        if not der:
-            raise _Refused("no client certificate")
-        try:
-            node = node_name_from_der(der)
-        except PKIError as exc:
-            raise _Refused(f"client certificate has no usable node name: {exc}") from None
-        extensions = [ServerPerMessageDeflateFactory()] if self._compression else None
-        protocol = ServerProtocol(max_size=self._max_size, extensions=extensions)
-        request = await self._read_request(reader, protocol, peer)
-        if request is None:
-            writer.close()
-            return None
-        if request.path != PATH:
-            response = protocol.reject(404, f"edgesync speaks WebSocket on {PATH}\n")
-        else:
-            response = protocol.accept(request)
-        protocol.send_response(response)
-        for data in protocol.data_to_send():
-            if data:
-                writer.write(data)
-        await writer.drain()
-        if protocol.state is not State.OPEN:
-            writer.close()
-            raise _Refused(
-                f"WebSocket handshake failed: HTTP {response.status_code} {request.path}"
-            )
-        return WebSocketChannel(reader, writer, protocol, node, peer)
-
-    async def _read_request(
-        self, reader: asyncio.StreamReader, protocol: ServerProtocol, peer: str
-    ) -> Request | None:
-        while True:
-            data = await reader.read(READ_CHUNK)
-            if data:
-                protocol.receive_data(data)
-            else:
-                protocol.receive_eof()
-            for event in protocol.events_received():
-                if isinstance(event, Request):
-                    return event
-            if not data or protocol.state is State.CLOSED:
-                log.warning(
-                    "edge connection from %s: invalid WebSocket upgrade request (%s)",
-                    peer,
-                    protocol.handshake_exc,
-                )
-                return None
-
-
-class _Refused(Exception):
-    pass
+        for task in list(self._tasks):
+            task.cancel()
 
 
 def _describe_tls_error(exc: BaseException) -> str:
-    text = getattr(exc, "reason", None) or str(exc)
+    text = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
     hints = {
         "PEER_DID_NOT_RETURN_A_CERTIFICATE": "the client sent no certificate",
         "CERTIFICATE_VERIFY_FAILED": "the client certificate is not signed by this cloud's CA",
@@ -267,4 +311,6 @@ def _describe_tls_error(exc: BaseException) -> str:
     for key, hint in hints.items():
         if key in str(text).upper():
             return f"{hint} ({text})"
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return "no TLS handshake in time"
     return str(text)

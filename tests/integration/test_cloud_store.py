@@ -1,0 +1,395 @@
+"""CloudStore against a real SQLite file and a real PostgreSQL database.
+
+PostgreSQL: EDGESYNC_TEST_PG_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/postgres).
+Each test module (per xdist worker) creates its own uniquely named database and drops it
+afterwards; each test starts from an empty schema.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from cloudcore.store import CloudStore, Placement, assignments, counters, desired, metadata
+from shared.errors import JoinError, NotFound
+from shared.protocol.messages import Envelope, Op
+
+PG_URL = os.environ.get(
+    "EDGESYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+NOW = 1_732_400_000_000
+HISTORY = 20
+
+
+@pytest.fixture(scope="module")
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this module; its SQLAlchemy URL."""
+    import psycopg
+
+    url = sa.engine.make_url(PG_URL)
+    admin_dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        admin = psycopg.connect(admin_dsn, autocommit=True, connect_timeout=5)
+    except psycopg.Error as exc:
+        pytest.skip(
+            f"PostgreSQL at {url.render_as_string()} is unreachable: {str(exc).splitlines()[0]}"
+        )
+    name = f"edgesync_test_{uuid.uuid4().hex[:16]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield url.set(database=name).render_as_string(hide_password=False)
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CloudStore]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'cloud.db'}"
+    else:
+        url = request.getfixturevalue("pg_database")
+        engine = sa.create_engine(url)
+        metadata.drop_all(engine)  # start every test from an empty schema
+        engine.dispose()
+    cloud_store = CloudStore(url)
+    cloud_store.create_schema()
+    try:
+        yield cloud_store
+    finally:
+        cloud_store.close()
+
+
+def place(res: str, generation: int, *nodes: str) -> Placement:
+    name = res.rsplit("/", 1)[-1]
+    return Placement(
+        res, generation, {"metadata": {"name": name}, "gen": generation}, frozenset(nodes)
+    )
+
+
+def rows(store: CloudStore, table: sa.Table, *where: Any) -> list[dict[str, Any]]:
+    with store.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(sa.select(table).where(*where)).mappings()]
+
+
+def rv_counter(store: CloudStore) -> int:
+    with store.engine.connect() as conn:
+        return int(
+            conn.execute(sa.select(counters.c.value).where(counters.c.name == "rv")).scalar_one()
+        )
+
+
+def result(
+    res: str, seq: int, *, epoch: int = 1, phase: str = "succeeded", run: str = ""
+) -> Envelope:
+    body = {"run_id": run or f"run-{seq}", "generation": 1, "epoch": epoch, "phase": phase}
+    return Envelope(op=Op.RESULT, id=f"m{seq}", ts=NOW, res=res, seq=seq, body=body)
+
+
+def report(res: str, seq: int, phase: str = "running") -> Envelope:
+    body = {"run_id": f"run-{seq}", "generation": 1, "epoch": 1, "phase": phase}
+    return Envelope(op=Op.REPORT, id=f"r{seq}", ts=NOW, res=res, seq=seq, body=body)
+
+
+A, B, C = "task/default/a", "task/default/b", "task/default/c"
+
+
+# ---------------------------------------------------------------- desired state
+
+
+def test_rv_allocation_strictly_increases_across_calls(store: CloudStore) -> None:
+    seen: list[list[int]] = []
+    steps = [
+        [place(A, 1, "n1", "n2")],
+        [place(A, 2, "n1", "n2"), place(B, 1, "n1")],
+        [place(A, 2, "n1", "n2"), place(B, 1, "n1")],  # no change: no rv spent
+        [place(A, 2, "n1"), place(B, 2, "n1", "n2")],
+        [],
+    ]
+    for step in steps:
+        before = rv_counter(store)
+        changed = store.apply_placements(step, NOW)
+        after = rv_counter(store)
+        new = sorted(r["rv"] for r in rows(store, desired) if r["rv"] > before)
+        assert new == list(range(before + 1, after + 1)), (before, after, new)
+        seen.append(new)
+        if not new:
+            assert changed == set()
+
+    assert [len(s) for s in seen] == [2, 3, 0, 3, 3]
+    flat = [rv for s in seen for rv in s]
+    assert flat == sorted(flat) and len(set(flat)) == len(flat)
+
+
+def test_desired_after_is_compacted_in_rv_order_with_tombstones(store: CloudStore) -> None:
+    store.apply_placements([place(A, 1, "n1")], NOW)  # rv 1
+    store.apply_placements([place(A, 1, "n1"), place(B, 1, "n1")], NOW)  # rv 2
+    store.apply_placements([place(A, 2, "n1"), place(B, 1, "n1"), place(C, 1, "n1")], NOW)
+    store.apply_placements([place(A, 2, "n1"), place(C, 1, "n1")], NOW)  # B removed
+
+    log = store.desired_after("n1", 0, 100)
+
+    assert [(r.res, r.op) for r in log] == [(A, "apply"), (C, "apply"), (B, "delete")]
+    assert [r.rv for r in log] == sorted(r.rv for r in log)
+    assert log[0].body is not None and log[0].body["generation"] == 2  # latest only
+    assert log[0].body["epoch"] == 1 and log[0].body["document"]["gen"] == 2
+    assert log[2].body is None
+    assert store.desired_after("n1", log[0].rv, 100) == log[1:]
+    assert store.desired_after("n1", 0, 2) == log[:2]
+    assert store.desired_after("n1", log[-1].rv, 100) == []
+    assert store.desired_after("n2", 0, 100) == []
+
+
+def test_removing_a_node_from_a_placement_tombstones_only_that_node(store: CloudStore) -> None:
+    store.apply_placements([place(A, 1, "n1", "n2")], NOW)
+    changed = store.apply_placements([place(A, 1, "n2")], NOW)
+
+    assert changed == {"n1"}
+    assert [(r.res, r.op) for r in store.desired_after("n1", 0, 10)] == [(A, "delete")]
+    assert [(r.res, r.op) for r in store.desired_after("n2", 0, 10)] == [(A, "apply")]
+    assert [a["node"] for a in rows(store, assignments)] == ["n2"]
+
+
+def test_record_acked_dispatches_phases_and_drops_acked_tombstones(store: CloudStore) -> None:
+    store.register_node("n1", NOW)
+    store.apply_placements([place(A, 1, "n1"), place(B, 1, "n1")], NOW)
+    store.apply_placements([place(A, 1, "n1")], NOW)  # B tombstone
+    store.apply_placements([place(A, 1, "n1"), place(C, 1, "n1")], NOW)
+    log = {r.res: r for r in store.desired_after("n1", 0, 10)}
+    assert log[A].rv < log[B].rv < log[C].rv
+
+    store.record_acked("n1", log[B].rv, NOW + 1)
+
+    phases = {a["res"]: a["phase"] for a in rows(store, assignments)}
+    assert phases == {A: "dispatched", C: "scheduled"}
+    assert [(r.res, r.op) for r in store.desired_after("n1", 0, 10)] == [(A, "apply"), (C, "apply")]
+    assert store.get_node("n1")["acked_rv"] == log[B].rv
+
+    store.record_acked("n1", log[A].rv, NOW + 2)  # an older ack never moves the cursor back
+    assert store.get_node("n1")["acked_rv"] == log[B].rv
+
+
+def test_unacked_tombstones_are_kept(store: CloudStore) -> None:
+    store.register_node("n1", NOW)
+    store.apply_placements([place(A, 1, "n1")], NOW)
+    store.apply_placements([], NOW)
+    [tomb] = store.desired_after("n1", 0, 10)
+    store.record_acked("n1", tomb.rv - 1, NOW)
+    assert store.desired_after("n1", 0, 10) == [tomb]
+    store.record_acked("n1", tomb.rv, NOW)
+    assert store.desired_after("n1", 0, 10) == []
+
+
+# ---------------------------------------------------------------- upstream
+
+
+@pytest.fixture
+def placed(store: CloudStore) -> CloudStore:
+    """n1 runs A and C, n2 runs B."""
+    store.register_node("n1", NOW)
+    store.register_node("n2", NOW)
+    store.apply_placements([place(A, 1, "n1"), place(B, 1, "n2"), place(C, 1, "n1")], NOW)
+    return store
+
+
+def assignment(store: CloudStore, res: str, node: str) -> dict[str, Any]:
+    [row] = rows(store, assignments, assignments.c.res == res, assignments.c.node == node)
+    return row
+
+
+def test_record_upstream_is_idempotent_by_seq(placed: CloudStore) -> None:
+    batch = [report(A, 1), result(A, 2), report(C, 3, "running")]
+
+    first = placed.record_upstream("n1", batch, NOW, HISTORY)
+    snapshot = (
+        placed.results_for(A),
+        rows(placed, assignments),
+        placed.get_node("n1")["received_seq"],
+    )
+    again = placed.record_upstream("n1", batch, NOW + 1000, HISTORY)
+
+    assert [o.verdict for o in first] == ["applied"] * 3
+    assert [o.verdict for o in again] == ["duplicate"] * 3
+    assert snapshot == (
+        placed.results_for(A),
+        rows(placed, assignments),
+        placed.get_node("n1")["received_seq"],
+    )
+    a = assignment(placed, A, "n1")
+    assert (a["phase"], a["runs"], a["last_result"]["run_id"]) == ("succeeded", 1, "run-2")
+    assert snapshot[2] == 3
+    # A batch overlapping the applied prefix applies only the new tail.
+    mixed = placed.record_upstream("n1", [result(A, 3), result(A, 4)], NOW, HISTORY)
+    assert [o.verdict for o in mixed] == ["duplicate", "applied"]
+    assert [r["seq"] for r in placed.results_for(A)] == [2, 4]
+
+
+def test_record_upstream_refuses_resources_of_other_nodes(placed: CloudStore) -> None:
+    outcomes = placed.record_upstream(
+        "n1", [result(B, 1), result("task/default/nowhere", 2), result(A, 3)], NOW, HISTORY
+    )
+
+    assert [o.verdict for o in outcomes] == ["forbidden", "forbidden", "applied"]
+    assert "not assigned to node n1" in outcomes[0].detail
+    assert placed.results_for(B) == []
+    b = assignment(placed, B, "n2")
+    assert (b["phase"], b["runs"], b["last_result"]) == ("scheduled", 0, None)
+    assert placed.get_node("n1")["received_seq"] == 3  # consumed: the outbox must not jam
+    assert placed.get_node("n2")["received_seq"] == 0
+
+
+def test_results_from_an_older_epoch_are_stale(placed: CloudStore) -> None:
+    placed.record_upstream("n1", [result(A, 1, run="current")], NOW, HISTORY)
+
+    outcomes = placed.record_upstream(
+        "n1", [result(A, 2, epoch=0, phase="failed", run="old")], NOW, HISTORY
+    )
+
+    assert [o.verdict for o in outcomes] == ["stale"]
+    stored = placed.results_for(A, "n1")
+    assert [(r["run_id"], r["stale"]) for r in stored] == [("current", False), ("old", True)]
+    a = assignment(placed, A, "n1")
+    assert (a["phase"], a["runs"], a["last_result"]["run_id"]) == ("succeeded", 1, "current")
+    assert placed.get_node("n1")["received_seq"] == 2
+
+
+def test_upstream_without_required_fields_is_invalid(placed: CloudStore) -> None:
+    bad = Envelope(op=Op.RESULT, id="x", ts=NOW, res=A, seq=1, body={"phase": "succeeded"})
+    [outcome] = placed.record_upstream("n1", [bad], NOW, HISTORY)
+    assert outcome.verdict == "invalid"
+    assert placed.results_for(A) == []
+
+
+def test_result_history_is_trimmed_per_task_and_node(placed: CloudStore) -> None:
+    keep = 3
+    placed.record_upstream("n1", [result(A, s) for s in range(1, 8)], NOW, keep)
+    placed.record_upstream("n1", [result(C, 8)], NOW, keep)
+
+    assert [r["seq"] for r in placed.results_for(A, "n1")] == [5, 6, 7]
+    assert [r["seq"] for r in placed.results_for(C, "n1")] == [8]  # other task untouched
+    assert assignment(placed, A, "n1")["runs"] == 7
+
+
+# ---------------------------------------------------------------- join tokens
+
+
+def test_join_token_is_consumed_once(store: CloudStore) -> None:
+    store.add_join_token("0123456789abcdef", "n1", "s" * 43, NOW, NOW + 60_000)
+
+    assert store.consume_join_token("0123456789abcdef", "s" * 43, NOW + 1) == "n1"
+    with pytest.raises(JoinError, match="already used"):
+        store.consume_join_token("0123456789abcdef", "s" * 43, NOW + 2)
+
+
+def test_expired_join_token_is_refused(store: CloudStore) -> None:
+    store.add_join_token("0123456789abcdef", "n1", "s" * 43, NOW, NOW + 60_000)
+    with pytest.raises(JoinError, match="expired"):
+        store.consume_join_token("0123456789abcdef", "s" * 43, NOW + 60_000)
+    store.add_join_token("fedcba9876543210", "n2", "t" * 43, NOW, NOW + 60_000)
+    assert store.consume_join_token("fedcba9876543210", "t" * 43, NOW + 59_999) == "n2"
+
+
+def test_forged_or_unknown_join_token_is_refused(store: CloudStore) -> None:
+    store.add_join_token("0123456789abcdef", "n1", "s" * 43, NOW, NOW + 60_000)
+
+    with pytest.raises(JoinError, match="unknown or forged"):
+        store.consume_join_token("0123456789abcdef", "f" * 43, NOW)
+    with pytest.raises(JoinError, match="unknown or forged"):
+        store.consume_join_token("fedcba9876543210", "s" * 43, NOW)
+    # Neither attempt used the real token up.
+    assert store.consume_join_token("0123456789abcdef", "s" * 43, NOW) == "n1"
+
+
+def test_join_token_secret_is_stored_hashed(store: CloudStore) -> None:
+    secret = uuid.uuid4().hex + "x" * 11
+    store.add_join_token("0123456789abcdef", "n1", secret, NOW, NOW + 60_000)
+    with store.engine.connect() as conn:
+        dump = str(conn.execute(sa.text("SELECT * FROM join_tokens")).all())
+    assert secret not in dump
+
+
+# ---------------------------------------------------------------- nodes
+
+
+def connect(store: CloudStore, node: str, store_id: str, **kw: Any) -> tuple[int, bool]:
+    args: dict[str, Any] = dict(
+        store_id=store_id,
+        labels={"zone": "lab"},
+        capacity={"cpus": 4},
+        software="edgecore/test",
+        applied_rv=0,
+        transport="websocket",
+        peer="127.0.0.1:1",
+        now_ms=NOW,
+    )
+    args.update(kw)
+    return store.node_connected(node, **args)
+
+
+def test_node_connected_resets_received_seq_when_the_store_id_changes(
+    placed: CloudStore,
+) -> None:
+    assert connect(placed, "n1", "store-1") == (0, True)
+    placed.record_upstream("n1", [result(A, 1), result(A, 5)], NOW, HISTORY)
+
+    assert connect(placed, "n1", "store-1") == (5, False)  # same store: resume after 5
+    assert placed.get_node("n1")["received_seq"] == 5
+
+    seq, _ = connect(placed, "n1", "store-2")  # reinstalled edge: its outbox restarts at 1
+    assert seq == 0
+    node = placed.get_node("n1")
+    assert (node["received_seq"], node["store_id"], node["state"]) == (0, "store-2", "Ready")
+
+
+@pytest.mark.parametrize("reset", ["new-store-id", "re-join"])
+def test_results_from_a_new_edge_store_are_recorded_after_the_reset(
+    placed: CloudStore, reset: str
+) -> None:
+    connect(placed, "n1", "store-1")
+    placed.record_upstream("n1", [result(A, 1, run="old-1"), result(A, 2, run="old-2")], NOW, 20)
+    if reset == "new-store-id":
+        assert connect(placed, "n1", "store-2")[0] == 0
+    else:
+        placed.register_node("n1", NOW)
+        assert connect(placed, "n1", "store-2")[0] == 0
+
+    # The reinstalled edge's outbox numbering starts again at 1.
+    outcome = placed.record_upstream("n1", [result(A, 1, run="new-1")], NOW, 20)
+
+    assert [o.verdict for o in outcome] == ["applied"]
+    assert [r["run_id"] for r in placed.results_for(A, "n1")] == ["old-1", "old-2", "new-1"]
+    assert placed.get_node("n1")["received_seq"] == 1
+
+
+def test_node_connected_reports_label_changes_and_takes_applied_rv(placed: CloudStore) -> None:
+    assert connect(placed, "n1", "s", labels={"zone": "lab"}, applied_rv=7)[1] is True
+    assert placed.get_node("n1")["acked_rv"] == 7
+    assert connect(placed, "n1", "s", labels={"zone": "lab"})[1] is False
+    assert connect(placed, "n1", "s", labels={"zone": "attic"})[1] is True
+
+
+def test_unregistered_node_cannot_connect(store: CloudStore) -> None:
+    with pytest.raises(NotFound, match="not registered"):
+        connect(store, "ghost", "s")
+
+
+def test_register_node_on_rejoin_resets_cursors(placed: CloudStore) -> None:
+    connect(placed, "n1", "store-1", applied_rv=3)
+    placed.record_upstream("n1", [result(A, 4)], NOW, HISTORY)
+    placed.record_acked("n1", 3, NOW)
+    before = placed.get_node("n1")
+    assert (before["acked_rv"], before["received_seq"], before["state"]) == (3, 4, "Ready")
+
+    placed.register_node("n1", NOW + 10)
+
+    node = placed.get_node("n1")
+    assert (node["acked_rv"], node["received_seq"], node["store_id"]) == (0, 0, None)
+    assert (node["state"], node["joined_ms"]) == ("NotReady", NOW + 10)
+    assert node["labels"] == {"zone": "lab"}  # kept until the edge reports its own
+    assert len(placed.list_nodes()) == 2
