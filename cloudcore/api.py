@@ -337,7 +337,7 @@ OPENAPI: dict[str, Any] = {
             },
             "Task": {
                 "type": "object",
-                "description": "A task document (docs/tasks.md)",
+                "description": "A task document (examples/hello-task.yaml)",
                 "required": ["metadata", "spec"],
                 "properties": {
                     "apiVersion": {"type": "string"},

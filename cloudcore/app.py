@@ -1,4 +1,4 @@
-"""cloudcore: wires the store, PKI, hub, scheduler and API under one TaskGroup."""
+"""cloudcore: wires the store, PKI, hub, scheduler and API, and stops them in order."""
 
 from __future__ import annotations
 
@@ -105,9 +105,10 @@ class CloudCore:
         self._write_runtime_files()
         await self.scheduler.reconcile()
         log.info(
-            "cloudcore ready: wss://%s:%d/edgesync/v1, https://%s:%d (data in %s)",
+            "cloudcore ready: wss://%s:%d/edgesync/v1, quic %s, https://%s:%d (data in %s)",
             self.config.hub.listen,
             self.websocket_port,
+            f"udp {self.quic_port}" if self.quic_port is not None else "off",
             self.config.api.listen,
             self.api_port,
             self.data_dir,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloudcore.store import CloudStore
+from shared.aio import run_together
 from shared.clock import Clock
 from shared.dbthread import DbThread
 from shared.errors import LinkClosed, LinkError, PeerClosed, StoreError
@@ -135,9 +136,12 @@ class NodeSession:
         try:
             if await self._handshake():
                 self.hub.stats.sessions_opened += 1
-                async with asyncio.TaskGroup() as group:
-                    reader = group.create_task(self._read_loop(), name=f"read:{self.node}")
-                    group.create_task(self._work_loop(reader), name=f"work:{self.node}")
+                reader = asyncio.ensure_future(self._read_loop())
+                await run_together(
+                    _await(reader),
+                    self._work_loop(reader),
+                    names=[f"read:{self.node}", f"work:{self.node}"],
+                )
         finally:
             if self.hub.sessions.get(self.node) is self:
                 del self.hub.sessions[self.node]
@@ -415,3 +419,7 @@ class NodeSession:
             await self._flush()
         except LinkError:
             pass
+
+
+async def _await(task: asyncio.Task[None]) -> None:
+    await task

@@ -1,9 +1,8 @@
-"""edgecore: wires the store, link and local scheduler under one TaskGroup."""
+"""edgecore: wires the store, link and local scheduler, and stops them in order."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from typing import Any
@@ -88,20 +87,32 @@ class EdgeCore:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         log.info("edgecore %s starting; cloud %s", node, self.config.cloud.websocket_url)
+        tasks = {
+            "link": asyncio.ensure_future(link.run()),
+            "scheduler": asyncio.ensure_future(scheduler.run()),
+            "prune": asyncio.ensure_future(self._prune(store, db)),
+        }
+        for name, started in tasks.items():
+            started.set_name(name)
+        stop = asyncio.ensure_future(self._stop.wait())
         try:
-            async with asyncio.TaskGroup() as group:
-                link_task = group.create_task(link.run(), name="link")
-                sched_task = group.create_task(scheduler.run(), name="scheduler")
-                prune_task = group.create_task(self._prune(store, db), name="prune")
-                await self._stop.wait()
-                log.info("edgecore stopping")
-                # Scheduler first: it records runs it interrupts, then the link goes.
-                sched_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sched_task
-                await link.stop()
-                link_task.cancel()
-                prune_task.cancel()
+            done, _ = await asyncio.wait(
+                [stop, *tasks.values()], return_when=asyncio.FIRST_COMPLETED
+            )
+            crashed = [t for t in done if t is not stop and not t.cancelled() and t.exception()]
+            log.info("edgecore stopping")
+            # Scheduler first: it records the runs it interrupts; then the link goes.
+            tasks["scheduler"].cancel()
+            await asyncio.gather(tasks["scheduler"], return_exceptions=True)
+            await link.stop()
+            stop.cancel()
+            for task in tasks.values():
+                task.cancel()
+            await asyncio.gather(*tasks.values(), stop, return_exceptions=True)
+            if crashed:
+                exc = crashed[0].exception()
+                assert exc is not None
+                raise exc
         finally:
             db.shutdown()
             store.close()

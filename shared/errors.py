@@ -24,7 +24,8 @@ meets them.
     └── LinkError                   the connection to the peer is gone
         ├── LinkClosed              we closed it (ClosedResourceError in trio terms)
         └── LinkBroken              the network or the peer broke it (retry with backoff)
-            └── PeerClosed          the peer closed it cleanly (normal close, going away)
+            ├── PeerClosed          the peer closed it cleanly (normal close, going away)
+            └── IdentityRefused     the peer refused our certificate (also an AuthError: fatal)
 """
 
 from __future__ import annotations
@@ -128,3 +129,8 @@ class LinkBroken(LinkError):
 
 class PeerClosed(LinkBroken):
     """The peer closed the link cleanly (WebSocket 1000/1001); reconnect as usual."""
+
+
+class IdentityRefused(LinkBroken, AuthError):
+    """The peer refused our certificate after the transport handshake (TLS 1.3 reports
+    this on the first read). Retrying will not help until an operator re-joins the node."""

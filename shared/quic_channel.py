@@ -23,7 +23,7 @@ from aioquic.quic.events import (
     StreamDataReceived,
 )
 
-from shared.errors import FrameTooLarge, LinkBroken, LinkClosed, LinkError
+from shared.errors import FrameTooLarge, IdentityRefused, LinkBroken, LinkClosed, LinkError
 from shared.protocol.framing import FrameDecoder, encode_frames
 
 ALPN = "edgesync/1"
@@ -126,6 +126,9 @@ class QuicChannel:
 
     def terminated(self, event: ConnectionTerminated) -> None:
         reason = event.reason_phrase or "no reason"
+        if event.error_code == CLOSE_UNAUTHORIZED:
+            self._fail(IdentityRefused(f"QUIC peer {self.peer} refused this node: {reason}"))
+            return
         self._fail(
             LinkBroken(
                 f"QUIC connection with {self.peer} closed (error 0x{event.error_code:x}: {reason})"

@@ -22,6 +22,7 @@ from edgecore.config import EdgeConfig
 from edgecore.link.quic import connect_quic
 from edgecore.link.websocket import connect_websocket
 from edgecore.store import EdgeStore
+from shared.aio import run_together
 from shared.backoff import backoff, is_retryable
 from shared.clock import Clock
 from shared.dbthread import DbThread
@@ -127,7 +128,10 @@ class Link:
                 opened = await connection.run()
             except EdgesyncError as exc:
                 opened = connection.opened
-                log.warning("link error: %s", exc)
+                if is_retryable(exc):
+                    log.warning("link error: %s", exc)
+                else:
+                    connection.fatal = exc
             finally:
                 self._connection = None
                 self.connected.clear()
@@ -213,9 +217,10 @@ class _Connection:
             applied_rv,
             welcome.received_seq,
         )
-        async with asyncio.TaskGroup() as group:
-            reader = group.create_task(self._read_loop(), name="link-read")
-            group.create_task(self._work_loop(reader), name="link-work")
+        reader = asyncio.ensure_future(self._read_loop())
+        await run_together(
+            _await(reader), self._work_loop(reader), names=["link-read", "link-work"]
+        )
         return True
 
     async def _await_welcome(self) -> WelcomeReceived | None:
@@ -350,3 +355,7 @@ class _Connection:
             await self._flush()
         except LinkError:
             pass
+
+
+async def _await(task: asyncio.Task[None]) -> None:
+    await task

@@ -13,9 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidMessage,
+    InvalidStatus,
+)
 
-from shared.errors import AuthError, LinkBroken, LinkClosed, PKIError
+from shared.errors import AuthError, IdentityRefused, LinkBroken, LinkClosed, PKIError
 
 
 def client_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
@@ -108,6 +113,34 @@ async def connect_websocket(
             f"cloud at {url} refused the WebSocket upgrade: HTTP {exc.response.status_code}"
         ) from None
     except (InvalidHandshake, OSError, TimeoutError, asyncio.TimeoutError) as exc:
+        alert = _tls_alert(exc)
+        if alert is not None:
+            raise IdentityRefused(
+                f"the cloud at {url} refused this node's certificate "
+                f"({alert}); re-join the node with a new token"
+            ) from None
+        if isinstance(exc, InvalidMessage) and isinstance(exc.__cause__, EOFError):
+            # TLS completed and our upgrade request went out, then the cloud hung up
+            # without a word: what it does when it rejects the client certificate
+            # (asyncio drops the TLS alert). A false alarm only costs one slow retry.
+            raise IdentityRefused(
+                f"the cloud at {url} closed the connection right after the TLS handshake: "
+                "it most likely refused this node's certificate (re-join the node with a "
+                "new token; the cloud's log names the reason)"
+            ) from None
         raise LinkBroken(f"cannot reach the cloud at {url}: {exc or type(exc).__name__}") from None
     host, port = conn.remote_address[:2] if conn.remote_address else ("?", 0)
     return WebSocketClientChannel(conn, f"{host}:{port}")
+
+
+def _tls_alert(exc: BaseException) -> str | None:
+    """The certificate alert behind a failed upgrade, if any (TLS 1.3 delivers a refusal
+    of our certificate on the first read, so websockets reports a bad HTTP response)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLError) and "ALERT" in str(seen).upper():
+            return str(getattr(seen, "reason", None) or seen)
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -7,6 +7,7 @@ cloud's API (how many results it holds per task and node).
 
 from __future__ import annotations
 
+import datetime as dt
 import signal
 import sqlite3
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 
 from cloudcore.edgectl import CtlError
 from cloudcore.fleet import LocalFleet
+from shared import pki
 from shared.faults import CRASH_EXIT_CODE
 from tests.e2e.conftest import all_succeeded, assert_exactly_once, edge_runs, once_task
 from tests.helpers.tcp_proxy import TcpProxy
@@ -285,3 +287,53 @@ def test_edge_keeps_running_tasks_while_cloud_is_down(fleet: LocalFleet) -> None
     results = fleet.task("tick")["results"]
     run_ids = [r["run_id"] for r in results]
     assert len(run_ids) == len(set(run_ids)), "a result arrived twice"
+
+
+def test_refused_certificate_is_fatal_not_a_fast_retry(fleet: LocalFleet, transport: str) -> None:
+    fleet.start_cloud()
+    fleet.join("edge-1")
+    # Swap in a certificate for the same name from a CA this cloud never saw.
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key, ca_cert = pki.create_ca("rogue", now)
+    key = pki.load_key_pem((fleet.edge_dir("edge-1") / "node.key").read_bytes())
+    cert = pki.sign_node_csr(ca_key, ca_cert, pki.create_csr(key, "edge-1"), "edge-1", now)
+    (fleet.edge_dir("edge-1") / "node.crt").write_bytes(pki.cert_to_pem(cert))
+    edge = fleet.start_edge("edge-1")
+    fleet.wait_until(
+        lambda: "retrying in 60s" in edge.log_text(), 30, "the edge to give up fast retries"
+    )
+    assert "refused this node" in edge.log_text()
+    assert fleet.nodes()["edge-1"]["state"] != "Ready"
+    cloud_log = (fleet.root / "cloudcore.log").read_text()
+    assert "refused" in cloud_log and "not signed by this cloud's CA" in cloud_log
+
+
+def test_rejoin_starts_clean_and_forgets_old_tasks(fleet: LocalFleet) -> None:
+    fleet.start_cloud()
+    fleet.join("edge-1")
+    edge = fleet.start_edge("edge-1")
+    wait_ready(fleet, ["edge-1"])
+    fleet.api(
+        "POST",
+        "/api/v1/tasks",
+        {
+            "metadata": {"name": "old"},
+            "spec": {
+                "command": {"argv": ["echo", "old"]},
+                "trigger": {"type": "interval", "every": 0.3},
+                "placement": {"nodes": ["edge-1"]},
+            },
+        },
+    )
+    fleet.wait_until(lambda: fleet.task("old")["assignments"][0]["runs"] >= 1, 30, "old runs")
+    edge.stop()
+    fleet.api("DELETE", "/api/v1/nodes/edge-1")
+    fleet.api("DELETE", "/api/v1/tasks/default/old")
+    fleet.join("edge-1")  # same data dir, new identity
+    assert list(fleet.edge_dir("edge-1").glob("edge.db.before-join-*"))
+    fleet.start_edge("edge-1")
+    wait_ready(fleet, ["edge-1"])
+    apply(fleet, ["new"], ["edge-1"])
+    fleet.wait_until(lambda: all_succeeded(fleet, ["new"], ["edge-1"]), 30, "new to succeed")
+    time.sleep(1.0)
+    assert [r[0] for r in edge_runs(fleet, "edge-1")] == ["task/default/new"]
