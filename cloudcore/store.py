@@ -22,7 +22,7 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -130,6 +130,17 @@ counters = sa.Table(
 )
 
 TERMINAL_PHASES = ("succeeded", "failed")
+
+
+class SessionStart(NamedTuple):
+    """How a new session resumes (see CloudStore.node_connected)."""
+
+    received_seq: int
+    labels_changed: bool
+    resync: bool
+    snapshot_rv: int
+    """The node's newest desired rv: a resyncing edge has the whole snapshot once it has
+    applied this one (0: the snapshot is empty)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,18 +319,35 @@ class CloudStore:
         transport: str,
         peer: str,
         now_ms: int,
-    ) -> tuple[int, bool]:
-        """Record a session start; returns (received_seq to announce, labels_changed).
+    ) -> SessionStart:
+        """Record a session start and decide how it resumes (docs/protocol.md §6.5).
 
         If the edge's store is new (`store_id` changed: reinstalled, disk
         replaced) its outbox numbering restarted, so `received_seq` resets to 0.
-        The edge's `applied_rv` is the truth for what it holds.
+        The edge's `applied_rv` is the truth for what it holds, unless the
+        cloud cannot vouch for it: after a re-join (the node was registered
+        anew) or when it is above every rv this cloud ever issued (its
+        database was restored from an older backup). Then the edge must drop
+        its desired state and take a full snapshot (`resync`).
         """
         with self._tx(f"record the session of {name}") as conn:
             row = conn.execute(sa.select(nodes).where(nodes.c.name == name)).one_or_none()
             if row is None:
                 raise NotFound(f"node {name!r} is not registered; join it first")
             received_seq = int(row.received_seq)
+            issued = int(
+                conn.execute(
+                    sa.select(counters.c.value).where(counters.c.name == "rv")
+                ).scalar_one()
+            )
+            resync = applied_rv > 0 and (row.store_id is None or applied_rv > issued)
+            if resync:
+                log.warning(
+                    "node %s: the cloud cannot vouch for its applied rv %d (re-joined, or "
+                    "the cloud database is older); sending a full snapshot",
+                    name,
+                    applied_rv,
+                )
             if row.store_id is not None and row.store_id != store_id:
                 log.warning(
                     "node %s has a new local store (was %s, now %s); its outbox numbering restarts",
@@ -338,7 +366,7 @@ class CloudStore:
                     capacity=capacity,
                     software=software[:64],
                     store_id=store_id,
-                    acked_rv=applied_rv,
+                    acked_rv=0 if resync else applied_rv,
                     received_seq=received_seq,
                     last_seen_ms=now_ms,
                     connected_ms=now_ms,
@@ -346,7 +374,11 @@ class CloudStore:
                     peer=peer[:128],
                 )
             )
-            return received_seq, dict(row.labels or {}) != labels
+            snapshot_rv = conn.execute(
+                sa.select(sa.func.max(desired.c.rv)).where(desired.c.node == name)
+            ).scalar_one_or_none()
+            labels_changed = dict(row.labels or {}) != labels
+            return SessionStart(received_seq, labels_changed, resync, int(snapshot_rv or 0))
 
     def node_heartbeat(self, name: str, heartbeat: dict[str, Any], now_ms: int) -> None:
         with self._tx(f"record a heartbeat of {name}") as conn:

@@ -208,7 +208,7 @@ class NodeSession:
         hub.sessions[self.node] = self
         labels = body.get("labels")
         capacity = body.get("capacity")
-        received_seq, labels_changed = await hub.db.run(
+        start = await hub.db.run(
             hub.store.node_connected,
             self.node,
             store_id=str(body.get("store_id", ""))[:64],
@@ -221,9 +221,13 @@ class NodeSession:
             now_ms=clock.time_ms(),
         )
         cfg = hub.session_config
+        if start.resync:
+            self.session.start_sending_after(0)
         self.session.accept(
-            received_seq,
+            start.received_seq,
             {
+                "resync": start.resync,
+                "snapshot_rv": start.snapshot_rv,
                 "node": self.node,
                 "server_time": clock.time_ms(),
                 "config": {
@@ -241,10 +245,10 @@ class NodeSession:
             self.channel.peer,
             self.channel.transport,
             hello.applied_rv,
-            received_seq,
+            start.received_seq,
         )
         await self._flush()
-        if labels_changed and hub.on_labels_changed is not None:
+        if start.labels_changed and hub.on_labels_changed is not None:
             await hub.on_labels_changed()
         return True
 

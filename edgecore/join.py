@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import ssl
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -71,7 +70,6 @@ def join(cloud_url: str, token_text: str, data_dir: Path, labels: dict[str, str]
 
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(data_dir, 0o700)
-    _retire_old_store(data_dir)
     ca_path = data_dir / "ca.crt"
     ca_path.write_bytes(pki.cert_to_pem(ca))
     pinned = ssl.create_default_context(cafile=str(ca_path))
@@ -111,16 +109,3 @@ def _write_private(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-def _retire_old_store(data_dir: Path) -> None:
-    """A join starts a new identity: the previous node's local state must not leak into it
-    (its tasks would run forever with nobody to delete them). Keep it aside, not deleted."""
-    db = data_dir / "edge.db"
-    if not db.exists():
-        return
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    for suffix in ("", "-wal", "-shm"):
-        old = data_dir / f"edge.db{suffix}"
-        if old.exists():
-            old.rename(data_dir / f"edge.db.before-join-{stamp}{suffix}")

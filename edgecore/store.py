@@ -185,6 +185,12 @@ class EdgeStore:
                 self._set(conn, "applied_rv", str(top))
         return changed
 
+    def reset_desired(self) -> None:
+        """Forget all desired state before a full snapshot from the cloud (a resync)."""
+        with self._tx("reset desired state for a resync") as conn:
+            conn.execute(sa.delete(objects))
+            self._set(conn, "applied_rv", "0")
+
     def tasks(self) -> list[TaskObject]:
         with self._tx("read tasks") as conn:
             rows = conn.execute(sa.select(objects).where(objects.c.res.like("task/%"))).all()

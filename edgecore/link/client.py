@@ -173,6 +173,7 @@ class _Connection:
         self._downstream: list[Envelope] = []
         self._acked_to_trim = 0
         self._acked_trimmed = 0
+        self._hold_until_rv = 0
 
     def wake(self, more_outbox: bool = False) -> None:
         if more_outbox:
@@ -205,6 +206,16 @@ class _Connection:
         welcome = await self._await_welcome()
         if welcome is None:
             return False
+        if welcome.resync:
+            log.warning(
+                "the cloud cannot vouch for this node's desired state (re-joined, or its "
+                "database is older): taking a full snapshot up to rv %d",
+                welcome.snapshot_rv,
+            )
+            await link.db.run(link.store.reset_desired)
+            self._hold_until_rv = welcome.snapshot_rv
+            if not welcome.snapshot_rv:
+                link.on_desired(["*"])  # the snapshot is empty: nothing should run
         await link.db.run(link.store.outbox_acked, welcome.received_seq)
         self._acked_trimmed = welcome.received_seq
         self.opened = True
@@ -326,6 +337,11 @@ class _Connection:
         crash_point("edge.after_apply_commit")
         top = max(env.rv or 0 for env in batch)
         self.session.ack(top, link.clock.monotonic())
+        if self._hold_until_rv and top < self._hold_until_rv:
+            return  # mid-snapshot: the scheduler sees the state only once it is whole
+        if self._hold_until_rv:
+            self._hold_until_rv = 0
+            changed = changed or ["*"]
         if changed:
             link.on_desired(changed)
 

@@ -32,6 +32,10 @@ class WelcomeReceived(Event):
     received_seq: int
     """Highest outbox `seq` the cloud has durably applied: drop rows up to it, resend the rest."""
     body: dict[str, Any]
+    resync: bool = False
+    """The cloud cannot vouch for the edge's `applied_rv`: drop all desired state and take
+    the full snapshot that follows (complete once `snapshot_rv` is applied)."""
+    snapshot_rv: int = 0
 
 
 @dataclass(frozen=True, slots=True)

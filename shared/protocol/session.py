@@ -274,10 +274,24 @@ class Session:
             )
         if not _is_cursor(received):
             raise RemoteProtocolError("welcome.received_seq must be an integer in [0, 2^63)")
+        resync = body.get("resync") is True
+        snapshot_rv = body.get("snapshot_rv", 0)
+        if not _is_cursor(snapshot_rv):
+            raise RemoteProtocolError("welcome.snapshot_rv must be an integer in [0, 2^63)")
         self.version = version
         self._transition(Trigger.RECV_WELCOME)
         self.start_sending_after(received)
-        self._events.append(WelcomeReceived(version=version, received_seq=received, body=body))
+        if resync:  # the cloud restarts its stream from the beginning
+            self._last_received_cursor = self._last_acked_by_us = 0
+        self._events.append(
+            WelcomeReceived(
+                version=version,
+                received_seq=received,
+                body=body,
+                resync=resync,
+                snapshot_rv=snapshot_rv,
+            )
+        )
 
     def _on_reliable(self, env: Envelope) -> None:
         cursor = env.rv if self.role is Role.EDGE else env.seq

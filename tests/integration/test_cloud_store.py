@@ -16,7 +16,15 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from cloudcore.store import CloudStore, Placement, assignments, counters, desired, metadata
+from cloudcore.store import (
+    CloudStore,
+    Placement,
+    SessionStart,
+    assignments,
+    counters,
+    desired,
+    metadata,
+)
 from shared.errors import JoinError, NotFound
 from shared.protocol.messages import Envelope, Op
 
@@ -317,7 +325,7 @@ def test_join_token_secret_is_stored_hashed(store: CloudStore) -> None:
 # ---------------------------------------------------------------- nodes
 
 
-def connect(store: CloudStore, node: str, store_id: str, **kw: Any) -> tuple[int, bool]:
+def connect(store: CloudStore, node: str, store_id: str, **kw: Any) -> SessionStart:
     args: dict[str, Any] = dict(
         store_id=store_id,
         labels={"zone": "lab"},
@@ -335,13 +343,13 @@ def connect(store: CloudStore, node: str, store_id: str, **kw: Any) -> tuple[int
 def test_node_connected_resets_received_seq_when_the_store_id_changes(
     placed: CloudStore,
 ) -> None:
-    assert connect(placed, "n1", "store-1") == (0, True)
+    assert connect(placed, "n1", "store-1")[:2] == (0, True)
     placed.record_upstream("n1", [result(A, 1), result(A, 5)], NOW, HISTORY)
 
-    assert connect(placed, "n1", "store-1") == (5, False)  # same store: resume after 5
+    assert connect(placed, "n1", "store-1")[:2] == (5, False)  # same store: resume after 5
     assert placed.get_node("n1")["received_seq"] == 5
 
-    seq, _ = connect(placed, "n1", "store-2")  # reinstalled edge: its outbox restarts at 1
+    seq = connect(placed, "n1", "store-2").received_seq  # reinstalled: its outbox restarts at 1
     assert seq == 0
     node = placed.get_node("n1")
     assert (node["received_seq"], node["store_id"], node["state"]) == (0, "store-2", "Ready")
@@ -368,8 +376,9 @@ def test_results_from_a_new_edge_store_are_recorded_after_the_reset(
 
 
 def test_node_connected_reports_label_changes_and_takes_applied_rv(placed: CloudStore) -> None:
-    assert connect(placed, "n1", "s", labels={"zone": "lab"}, applied_rv=7)[1] is True
-    assert placed.get_node("n1")["acked_rv"] == 7
+    assert connect(placed, "n1", "s", labels={"zone": "lab"})[1] is True
+    assert connect(placed, "n1", "s", labels={"zone": "lab"}, applied_rv=3).resync is False
+    assert placed.get_node("n1")["acked_rv"] == 3
     assert connect(placed, "n1", "s", labels={"zone": "lab"})[1] is False
     assert connect(placed, "n1", "s", labels={"zone": "attic"})[1] is True
 
@@ -393,3 +402,19 @@ def test_register_node_on_rejoin_resets_cursors(placed: CloudStore) -> None:
     assert (node["state"], node["joined_ms"]) == ("NotReady", NOW + 10)
     assert node["labels"] == {"zone": "lab"}  # kept until the edge reports its own
     assert len(placed.list_nodes()) == 2
+
+
+def test_resync_when_the_cloud_cannot_vouch_for_the_edge(placed: CloudStore) -> None:
+    newest = max(r.rv for r in placed.desired_after("n1", 0, 100))
+    first = connect(placed, "n1", "s1", applied_rv=0)
+    assert first.resync is False  # a freshly joined edge holds nothing yet
+    again = connect(placed, "n1", "s1", applied_rv=newest)
+    assert again.resync is False and again.snapshot_rv == newest
+    # The cloud database is older than what the edge applied (restored from a backup).
+    restored = connect(placed, "n1", "s1", applied_rv=newest + 1000)
+    assert restored.resync is True and restored.snapshot_rv == newest
+    # Re-join: the node is registered anew, so its old state is not vouched for.
+    placed.register_node("n1", NOW)
+    rejoined = connect(placed, "n1", "s1", applied_rv=newest)
+    assert rejoined.resync is True
+    assert placed.get_node("n1")["acked_rv"] == 0

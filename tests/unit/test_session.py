@@ -994,3 +994,29 @@ def test_transfer_helper_delivers_in_order() -> None:
     frames = transfer(pair.cloud, pair.edge, pair.now)
     assert len(frames) == 3 and pair.cloud.data_to_send() == []
     assert [m.cursor for m in of_type(pair.edge.events_received(), MessageReceived)] == [1, 2, 3]
+
+
+def test_welcome_with_resync_restarts_the_downstream_cursor() -> None:
+    pair = make_pair()
+    pair.edge.send_hello(50, {}, pair.now)
+    transfer(pair.edge, pair.cloud, pair.now)
+    pair.cloud.events_received()
+    pair.cloud.start_sending_after(0)  # the cloud decided it cannot vouch for rv 50
+    pair.cloud.accept(0, {"resync": True, "snapshot_rv": 3}, pair.now)
+    transfer(pair.cloud, pair.edge, pair.now)
+    (welcome,) = of_type(pair.edge.events_received(), WelcomeReceived)
+    assert welcome.resync is True and welcome.snapshot_rv == 3
+    pair.cloud.send(Op.APPLY, RES, 1, None, pair.now)
+    transfer(pair.cloud, pair.edge, pair.now)
+    assert [m.cursor for m in of_type(pair.edge.events_received(), MessageReceived)] == [1]
+    assert pair.edge.state is State.OPEN
+
+
+def test_welcome_without_resync_keeps_the_cursor() -> None:
+    pair = make_pair()
+    pair.edge.send_hello(50, {}, pair.now)
+    transfer(pair.edge, pair.cloud, pair.now)
+    pair.cloud.accept(0, {}, pair.now)
+    transfer(pair.cloud, pair.edge, pair.now)
+    pair.edge.receive_frame(raw_frame(Op.APPLY, res=RES, rv=1), pair.now)
+    assert pair.edge.state is State.CLOSED  # rv 1 does not follow the announced 50
