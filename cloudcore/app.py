@@ -18,12 +18,13 @@ from cloudcore.config import CloudConfig
 from cloudcore.hub.quic import QuicHubServer
 from cloudcore.hub.tls import server_context
 from cloudcore.hub.websocket import WebSocketServer
-from cloudcore.pki import CloudPKI, write_private
+from cloudcore.pki import CloudPKI
 from cloudcore.scheduler import Scheduler
 from cloudcore.store import CloudStore
 from cloudcore.sync import Hub
 from shared.clock import Clock, SystemClock
 from shared.dbthread import DbThread
+from shared.files import write_private
 
 log = logging.getLogger("cloudcore")
 

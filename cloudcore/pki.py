@@ -18,21 +18,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from shared import pki
 from shared.errors import PKIError
+from shared.files import write_private
 
 log = logging.getLogger(__name__)
 
 RENEW_BEFORE = dt.timedelta(days=30)
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret file atomically with mode 0600."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class CloudPKI:

@@ -19,18 +19,17 @@ Schema (docs/protocol.md §6 explains the cursors):
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
-from shared.errors import JoinError, NotFound, StoreError
+from shared.errors import JoinError, NotFound
 from shared.pki import hash_token_secret, token_secret_matches
 from shared.protocol.messages import Envelope
+from shared.sqlstore import SqlStore
 
 log = logging.getLogger(__name__)
 
@@ -170,19 +169,7 @@ class Placement:
     nodes: frozenset[str]
 
 
-def _sqlite_pragmas(synchronous: str) -> Any:
-    def on_connect(dbapi_conn: Any, _record: Any) -> None:
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute(f"PRAGMA synchronous={synchronous}")
-        cur.execute("PRAGMA busy_timeout=5000")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.close()
-
-    return on_connect
-
-
-class CloudStore:
+class CloudStore(SqlStore):
     """Synchronous repository; the daemon runs it on one dedicated DB thread.
 
     Error handling: every SQLAlchemy error is translated to StoreError with
@@ -190,12 +177,9 @@ class CloudStore:
     """
 
     def __init__(self, url: str, sqlite_synchronous: str = "FULL") -> None:
-        if sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise StoreError(f"sqlite_synchronous must be NORMAL or FULL, not {sqlite_synchronous}")
+        shown = sa.engine.make_url(url).render_as_string(hide_password=True)
+        super().__init__(url, f"cloud database {shown}", sqlite_synchronous)
         self.url = url
-        self.engine: Engine = sa.create_engine(url, future=True, pool_pre_ping=True)
-        if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas(sqlite_synchronous.upper()))
 
     def create_schema(self) -> None:
         with self._tx("create schema") as conn:
@@ -205,20 +189,6 @@ class CloudStore:
             ).scalar_one_or_none()
             if exists is None:
                 conn.execute(sa.insert(counters).values(name="rv", value=0))
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    @contextmanager
-    def _tx(self, what: str) -> Iterator[Connection]:
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(
-                f"database error while trying to {what}: {exc.__class__.__name__}: "
-                f"{str(exc).splitlines()[0][:300]}"
-            ) from exc
 
     def _next_rvs(self, conn: Connection, count: int) -> int:
         """Reserve `count` revisions; returns the first. The row lock orders commits by rv."""

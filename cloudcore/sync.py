@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloudcore.store import CloudStore
-from shared.aio import run_together
 from shared.clock import Clock
 from shared.dbthread import DbThread
+from shared.driver import SessionDriver
 from shared.errors import LinkClosed, LinkError, PeerClosed, StoreError
 from shared.faults import crash_point
 from shared.protocol.events import (
@@ -99,16 +99,15 @@ class Hub:
             await session.shut(reason)
 
 
-class NodeSession:
+class NodeSession(SessionDriver):
     def __init__(self, hub: Hub, channel: Channel) -> None:
-        self.hub = hub
-        self.channel = channel
-        self.node = channel.node
         clock = hub.clock
-        self.session = Session(Role.CLOUD, hub.session_config, clock.monotonic(), clock.time_ms())
+        session = Session(Role.CLOUD, hub.session_config, clock.monotonic(), clock.time_ms())
+        super().__init__(session, channel, clock, channel.node)
+        self.hub = hub
+        self.node = channel.node
         self.close_reason = "closed"
         self.failed = False
-        self._wake = asyncio.Event()
         self._more_desired = True
         self._upstream: list[Envelope] = []
         self._acked_to_persist = 0
@@ -126,7 +125,7 @@ class NodeSession:
         self.session.close("closing", reason, self.hub.clock.monotonic())
         self.close_reason = reason
         self._wake.set()
-        await self._flush_quietly()
+        await self.flush_quietly()
         await self.channel.close(1000, reason[:100])
         await self._done.wait()
 
@@ -136,12 +135,11 @@ class NodeSession:
         try:
             if await self._handshake():
                 self.hub.stats.sessions_opened += 1
-                reader = asyncio.ensure_future(self._read_loop())
-                await run_together(
-                    _await(reader),
-                    self._work_loop(reader),
-                    names=[f"read:{self.node}", f"work:{self.node}"],
-                )
+                try:
+                    await self.run_loops()
+                except StoreError:
+                    self.failed = True
+                    raise
         finally:
             if self.hub.sessions.get(self.node) is self:
                 del self.hub.sessions[self.node]
@@ -175,7 +173,7 @@ class NodeSession:
                 return await self._accept(event)
             if isinstance(event, SessionClosed):
                 self._log_closed(event)
-        await self._flush_quietly()
+        await self.flush_quietly()
         return False
 
     async def _accept(self, hello: HelloReceived) -> bool:
@@ -192,7 +190,7 @@ class NodeSession:
                 clock.monotonic(),
             )
             self.close_reason = "unknown node"
-            await self._flush_quietly()
+            await self.flush_quietly()
             return False
         old = hub.sessions.get(self.node)
         if old is not None:
@@ -247,33 +245,25 @@ class NodeSession:
             hello.applied_rv,
             start.received_seq,
         )
-        await self._flush()
+        await self.flush()
         if start.labels_changed and hub.on_labels_changed is not None:
             await hub.on_labels_changed()
         return True
 
     # ------------------------------------------------------------ loops
 
-    async def _read_loop(self) -> None:
-        session, clock = self.session, self.hub.clock
-        while not session.closed:
-            try:
-                frame = await self.channel.recv()
-            except LinkError as exc:
-                self.close_reason = str(exc)
-                level = (
-                    logging.INFO if isinstance(exc, (PeerClosed, LinkClosed)) else logging.WARNING
-                )
-                log.log(level, "node %s (%s): link lost: %s", self.node, self.channel.peer, exc)
-                session.close("link_lost", str(exc), clock.monotonic())
-                session.events_received()
-                break
-            session.receive_frame(frame, clock.monotonic())
-            self._handle_events()
-            await self._flush_quietly()
-        self._wake.set()
+    def link_lost(self, exc: LinkError) -> None:
+        self.close_reason = str(exc)
+        clean = isinstance(exc, (PeerClosed, LinkClosed))
+        level = logging.INFO if clean else logging.WARNING
+        log.log(level, "node %s (%s): link lost: %s", self.node, self.channel.peer, exc)
 
-    def _handle_events(self) -> None:
+    async def work(self) -> None:
+        await self._apply_upstream()
+        await self._persist()
+        await self._pump()
+
+    def handle_events(self) -> None:
         for event in self.session.events_received():
             if isinstance(event, MessageReceived):
                 self._upstream.append(event.envelope)
@@ -317,33 +307,6 @@ class NodeSession:
                 self.channel.peer,
                 self.close_reason,
             )
-
-    async def _work_loop(self, reader: asyncio.Task[None]) -> None:
-        session, clock = self.session, self.hub.clock
-        try:
-            while not session.closed:
-                self._wake.clear()
-                session.handle_timer(clock.monotonic())
-                self._handle_events()
-                await self._apply_upstream()
-                await self._persist()
-                await self._pump()
-                await self._flush()
-                if self._wake.is_set() or session.closed:
-                    continue
-                deadline = session.next_deadline()
-                timeout = None if deadline is None else max(0.0, deadline - clock.monotonic())
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-                except (TimeoutError, asyncio.TimeoutError):
-                    pass
-        except LinkError as exc:
-            self.close_reason = str(exc)
-        except StoreError:
-            self.failed = True
-            raise
-        finally:
-            reader.cancel()
 
     async def _apply_upstream(self) -> None:
         if not self._upstream:
@@ -409,21 +372,6 @@ class NodeSession:
                 op = Op.APPLY if row.op == "apply" else Op.DELETE
                 session.send(op, row.res, row.rv, row.body, now)
             hub.stats.downstream_sent += len(rows)
-            await self._flush()
+            await self.flush()
             if rows:
                 crash_point("cloud.after_desired_sent")
-
-    async def _flush(self) -> None:
-        frames = self.session.data_to_send()
-        if frames:
-            await self.channel.send(frames)
-
-    async def _flush_quietly(self) -> None:
-        try:
-            await self._flush()
-        except LinkError:
-            pass
-
-
-async def _await(task: asyncio.Task[None]) -> None:
-    await task

@@ -24,6 +24,7 @@ import yaml
 from edgecore.config import CONFIG_NAME
 from shared import pki
 from shared.errors import JoinError, PKIError
+from shared.files import write_private
 
 TIMEOUT = 15.0
 
@@ -83,7 +84,7 @@ def join(cloud_url: str, token_text: str, data_dir: Path, labels: dict[str, str]
     cert = pki.load_cert_pem(str(answer["certificate"]).encode())
     if pki.node_name_from_cert(cert) != node:
         raise JoinError("the cloud issued a certificate for another node; refusing it")
-    _write_private(data_dir / "node.key", pki.key_to_pem(key))
+    write_private(data_dir / "node.key", pki.key_to_pem(key))
     (data_dir / "node.crt").write_bytes(pki.cert_to_pem(cert))
     ws_port = int(answer["websocket_port"])
     host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
@@ -97,15 +98,5 @@ def join(cloud_url: str, token_text: str, data_dir: Path, labels: dict[str, str]
     if isinstance(existing, dict):
         existing.update({k: v for k, v in config.items() if k != "labels" or labels})
         config = existing
-    _write_private(config_path, yaml.safe_dump(config, sort_keys=False).encode())
+    write_private(config_path, yaml.safe_dump(config, sort_keys=False).encode())
     return node
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.engine import Connection
 
 from shared.errors import StoreError
 from shared.protocol.messages import Envelope, Op
+from shared.sqlstore import SqlStore
 
 log = logging.getLogger(__name__)
 
@@ -96,24 +95,13 @@ class TaskObject:
     epoch: int
 
 
-class EdgeStore:
+class EdgeStore(SqlStore):
     """Synchronous repository; edgecore calls it from one dedicated DB thread."""
 
     def __init__(self, path: Path, outbox_max_rows: int = 100_000) -> None:
+        super().__init__(f"sqlite:///{path}", f"local store {path}", "FULL")
         self.path = path
         self.outbox_max_rows = outbox_max_rows
-        self.engine = sa.create_engine(f"sqlite:///{path}", future=True)
-        event.listen(self.engine, "connect", _pragmas)
-
-    @contextmanager
-    def _tx(self, what: str) -> Iterator[Connection]:
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except sa.exc.SQLAlchemyError as exc:
-            first = str(exc).splitlines()[0][:300]
-            hint = " (disk full?)" if "full" in first.lower() else ""
-            raise StoreError(f"local store {self.path}: cannot {what}{hint}: {first}") from exc
 
     def open(self) -> None:
         """Create or upgrade the schema; give the store its identity on first use."""
@@ -137,9 +125,6 @@ class EdgeStore:
                         {"key": "applied_rv", "value": "0"},
                     ],
                 )
-
-    def close(self) -> None:
-        self.engine.dispose()
 
     def _get(self, conn: Connection, key: str) -> str:
         return str(conn.execute(sa.select(meta.c.value).where(meta.c.key == key)).scalar_one())
@@ -353,11 +338,3 @@ class EdgeStore:
     def outbox_size(self) -> int:
         with self._tx("count the outbox") as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(outbox)).scalar_one())
-
-
-def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")
-    cur.execute("PRAGMA busy_timeout=5000")
-    cur.close()

@@ -22,10 +22,10 @@ from edgecore.config import EdgeConfig
 from edgecore.link.quic import connect_quic
 from edgecore.link.websocket import connect_websocket
 from edgecore.store import EdgeStore
-from shared.aio import run_together
 from shared.backoff import backoff, is_retryable
 from shared.clock import Clock
 from shared.dbthread import DbThread
+from shared.driver import SessionDriver
 from shared.errors import AuthError, EdgesyncError, LinkBroken, LinkError, UnsupportedVersion
 from shared.faults import crash_point
 from shared.protocol.events import (
@@ -158,18 +158,18 @@ class Link:
             await self._connection.shut("edgecore is stopping")
 
 
-class _Connection:
+class _Connection(SessionDriver):
     def __init__(self, link: Link, channel: Channel) -> None:
-        self.link = link
-        self.channel = channel
         clock = link.clock
-        self.session = Session(
+        session = Session(
             Role.EDGE, link.config.link.session_config(), clock.monotonic(), clock.time_ms()
         )
+        super().__init__(session, channel, clock, "link")
+        self.link = link
         self.opened = False
         self.fatal: EdgesyncError | None = None
-        self._wake = asyncio.Event()
         self._more_outbox = True
+        self._next_heartbeat = 0.0
         self._downstream: list[Envelope] = []
         self._acked_to_trim = 0
         self._acked_trimmed = 0
@@ -182,10 +182,7 @@ class _Connection:
 
     async def shut(self, reason: str) -> None:
         self.session.close("closing", reason, self.link.clock.monotonic())
-        try:
-            await self._flush()
-        except LinkError:
-            pass
+        await self.flush_quietly()
         self._wake.set()
 
     async def run(self) -> bool:
@@ -202,7 +199,7 @@ class _Connection:
             },
             clock.monotonic(),
         )
-        await self._flush()
+        await self.flush()
         welcome = await self._await_welcome()
         if welcome is None:
             return False
@@ -228,10 +225,7 @@ class _Connection:
             applied_rv,
             welcome.received_seq,
         )
-        reader = asyncio.ensure_future(self._read_loop())
-        await run_together(
-            _await(reader), self._work_loop(reader), names=["link-read", "link-work"]
-        )
+        await self.run_loops()
         return True
 
     async def _await_welcome(self) -> WelcomeReceived | None:
@@ -252,7 +246,7 @@ class _Connection:
                 log.error("the cloud refused this node: %s: %s", event.code, event.reason)
             if isinstance(event, SessionClosed):
                 self._note_closed(event)
-        await self._flush()
+        await self.flush()
         return None
 
     def _note_closed(self, event: SessionClosed) -> None:
@@ -266,22 +260,10 @@ class _Connection:
             event.reason,
         )
 
-    async def _read_loop(self) -> None:
-        session, clock = self.session, self.link.clock
-        while not session.closed:
-            try:
-                frame = await self.channel.recv()
-            except LinkError as exc:
-                log.warning("link lost: %s", exc)
-                session.close("link_lost", str(exc), clock.monotonic())
-                session.events_received()
-                break
-            session.receive_frame(frame, clock.monotonic())
-            self._handle_events()
-            await self._flush_quietly()
-        self._wake.set()
+    def link_lost(self, exc: LinkError) -> None:
+        log.warning("link lost: %s", exc)
 
-    def _handle_events(self) -> None:
+    def handle_events(self) -> None:
         for event in self.session.events_received():
             if isinstance(event, MessageReceived):
                 self._downstream.append(event.envelope)
@@ -296,37 +278,17 @@ class _Connection:
             elif isinstance(event, SessionClosed):
                 self._note_closed(event)
 
-    async def _work_loop(self, reader: asyncio.Task[None]) -> None:
-        session, clock, link = self.session, self.link.clock, self.link
-        next_heartbeat = clock.monotonic()
-        try:
-            while not session.closed:
-                self._wake.clear()
-                now = clock.monotonic()
-                if now >= next_heartbeat:
-                    session.update_heartbeat(link.heartbeat())
-                    next_heartbeat = now + link.config.link.ping_interval / 2
-                session.handle_timer(now)
-                self._handle_events()
-                await self._apply_downstream()
-                if self._acked_to_trim > self._acked_trimmed:
-                    cursor = self._acked_to_trim
-                    await link.db.run(link.store.outbox_acked, cursor)
-                    self._acked_trimmed = cursor
-                await self._pump_outbox()
-                await self._flush()
-                if self._wake.is_set() or session.closed:
-                    continue
-                deadline = session.next_deadline()
-                timeout = None if deadline is None else max(0.0, deadline - clock.monotonic())
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-                except (TimeoutError, asyncio.TimeoutError):
-                    pass
-        except LinkError as exc:
-            log.warning("link lost: %s", exc)
-        finally:
-            reader.cancel()
+    async def work(self) -> None:
+        link, now = self.link, self.clock.monotonic()
+        if now >= self._next_heartbeat:
+            self.session.update_heartbeat(link.heartbeat())
+            self._next_heartbeat = now + link.config.link.ping_interval / 2
+        await self._apply_downstream()
+        if self._acked_to_trim > self._acked_trimmed:
+            cursor = self._acked_to_trim
+            await link.db.run(link.store.outbox_acked, cursor)
+            self._acked_trimmed = cursor
+        await self._pump_outbox()
 
     async def _apply_downstream(self) -> None:
         if not self._downstream:
@@ -357,21 +319,6 @@ class _Connection:
             now = link.clock.monotonic()
             for row in rows:
                 session.send(row.op, row.res, row.seq, row.body, now)
-            await self._flush()
+            await self.flush()
             if rows:
                 crash_point("edge.after_outbox_send")
-
-    async def _flush(self) -> None:
-        frames = self.session.data_to_send()
-        if frames:
-            await self.channel.send(frames)
-
-    async def _flush_quietly(self) -> None:
-        try:
-            await self._flush()
-        except LinkError:
-            pass
-
-
-async def _await(task: asyncio.Task[None]) -> None:
-    await task
