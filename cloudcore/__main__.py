@@ -13,8 +13,9 @@ from shared.errors import EdgesyncError
 
 DESCRIPTION = """\
 edgesync cloud controller. Holds the fleet's desired state, serves edges
-over mutually-authenticated WebSocket (default :10000) and joins plus the
-operator API over HTTPS (default :10002). On first start it creates a CA,
+over mutually-authenticated WebSocket (default tcp :10000) and QUIC
+(default udp :10001), and joins plus the operator API over HTTPS (default
+:10002). On first start it creates a CA,
 a server certificate and an admin token in the data dir, and writes an
 edgectl config there (edgectl.yaml).
 """

@@ -123,10 +123,10 @@ class CloudCore:
         finally:
             log.info("cloudcore shutting down")
             _notify_systemd("STOPPING=1")
-            await ws.stop()
+            await ws.stop()  # no new WebSocket sessions; QUIC ones end with the server
+            await self.hub.close_all("cloudcore is shutting down")
             if quic is not None:
                 await quic.stop()
-            await self.hub.close_all("cloudcore is shutting down")
             await runner.cleanup()
             self.db.shutdown()
             self.store.close()

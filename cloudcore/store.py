@@ -48,6 +48,8 @@ nodes = sa.Table(
     sa.Column("store_id", sa.String(64), nullable=True),
     sa.Column("acked_rv", sa.BigInteger, nullable=False, default=0),
     sa.Column("received_seq", sa.BigInteger, nullable=False, default=0),
+    # A resync was asked for and the edge has not yet applied anything from the snapshot.
+    sa.Column("resync_pending", sa.Boolean, nullable=False, default=False),
     sa.Column("joined_ms", sa.BigInteger, nullable=False),
     sa.Column("last_seen_ms", sa.BigInteger, nullable=False, default=0),
     sa.Column("connected_ms", sa.BigInteger, nullable=False, default=0),
@@ -184,17 +186,20 @@ class CloudStore(SqlStore):
     def create_schema(self) -> None:
         with self._tx("create schema") as conn:
             metadata.create_all(conn)
-            exists = conn.execute(
-                sa.select(counters.c.value).where(counters.c.name == "rv")
-            ).scalar_one_or_none()
-            if exists is None:
-                conn.execute(sa.insert(counters).values(name="rv", value=0))
+            present = set(conn.execute(sa.select(counters.c.name)).scalars())
+            for name in ("rv", "generation"):
+                if name not in present:
+                    conn.execute(sa.insert(counters).values(name=name, value=0))
 
     def _next_rvs(self, conn: Connection, count: int) -> int:
         """Reserve `count` revisions; returns the first. The row lock orders commits by rv."""
+        return self._next(conn, "rv", count)
+
+    def _next(self, conn: Connection, counter: str, count: int) -> int:
+        """Reserve `count` values of a cloud-wide sequence; returns the first."""
         value = conn.execute(
             sa.update(counters)
-            .where(counters.c.name == "rv")
+            .where(counters.c.name == counter)
             .values(value=counters.c.value + count)
             .returning(counters.c.value)
         ).scalar_one()
@@ -310,7 +315,11 @@ class CloudStore(SqlStore):
                     sa.select(counters.c.value).where(counters.c.name == "rv")
                 ).scalar_one()
             )
-            resync = applied_rv > 0 and (row.store_id is None or applied_rv > issued)
+            # Sticky until the edge applies something from the snapshot (record_acked):
+            # a resync welcome lost to a crash must be asked for again.
+            resync = applied_rv > 0 and (
+                bool(row.resync_pending) or row.store_id is None or applied_rv > issued
+            )
             if resync:
                 log.warning(
                     "node %s: the cloud cannot vouch for its applied rv %d (re-joined, or "
@@ -337,6 +346,7 @@ class CloudStore(SqlStore):
                     software=software[:64],
                     store_id=store_id,
                     acked_rv=0 if resync else applied_rv,
+                    resync_pending=resync,
                     received_seq=received_seq,
                     last_seen_ms=now_ms,
                     connected_ms=now_ms,
@@ -399,31 +409,36 @@ class CloudStore(SqlStore):
     # ---------------------------------------------------------------- tasks
 
     def put_task(self, namespace: str, name: str, document: dict[str, Any], now_ms: int) -> int:
-        """Create or update a task; returns its generation (bumped only when the spec changed)."""
+        """Create or update a task; returns its generation, which changes only with the spec.
+
+        Generations come from one cloud-wide sequence, so a task deleted and
+        created again under the same name never reuses a generation an edge
+        has already run (`once` tasks run once per generation).
+        """
         with self._tx(f"save task {namespace}/{name}") as conn:
             row = conn.execute(
                 sa.select(tasks).where(tasks.c.namespace == namespace, tasks.c.name == name)
             ).one_or_none()
+            if row is not None and row.document == document:
+                return int(row.generation)
+            generation = self._next(conn, "generation", 1)
             if row is None:
                 conn.execute(
                     sa.insert(tasks).values(
                         namespace=namespace,
                         name=name,
                         document=document,
-                        generation=1,
+                        generation=generation,
                         created_ms=now_ms,
                         updated_ms=now_ms,
                     )
                 )
-                return 1
-            if row.document == document:
-                return int(row.generation)
-            generation = int(row.generation) + 1
-            conn.execute(
-                sa.update(tasks)
-                .where(tasks.c.namespace == namespace, tasks.c.name == name)
-                .values(document=document, generation=generation, updated_ms=now_ms)
-            )
+            else:
+                conn.execute(
+                    sa.update(tasks)
+                    .where(tasks.c.namespace == namespace, tasks.c.name == name)
+                    .values(document=document, generation=generation, updated_ms=now_ms)
+                )
             return generation
 
     def delete_task(self, namespace: str, name: str) -> None:
@@ -592,7 +607,7 @@ class CloudStore(SqlStore):
             conn.execute(
                 sa.update(nodes)
                 .where(nodes.c.name == node, nodes.c.acked_rv < rv)
-                .values(acked_rv=rv, last_seen_ms=now_ms)
+                .values(acked_rv=rv, last_seen_ms=now_ms, resync_pending=False)
             )
             conn.execute(
                 sa.update(assignments)

@@ -301,6 +301,8 @@ class WebSocketServer:
 
 def _describe_tls_error(exc: BaseException) -> str:
     text = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+    if "EXPIRED" in str(exc).upper():
+        return f"the client certificate has expired; re-join the node ({text})"
     hints = {
         "PEER_DID_NOT_RETURN_A_CERTIFICATE": "the client sent no certificate",
         "CERTIFICATE_VERIFY_FAILED": "the client certificate is not signed by this cloud's CA",

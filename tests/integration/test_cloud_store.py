@@ -418,3 +418,23 @@ def test_resync_when_the_cloud_cannot_vouch_for_the_edge(placed: CloudStore) -> 
     rejoined = connect(placed, "n1", "s1", applied_rv=newest)
     assert rejoined.resync is True
     assert placed.get_node("n1")["acked_rv"] == 0
+
+
+def test_a_recreated_task_never_reuses_a_generation(store: CloudStore) -> None:
+    doc = {"spec": {"x": 1}}
+    first = store.put_task("default", "job", doc, NOW)
+    assert store.put_task("default", "job", doc, NOW) == first  # unchanged spec
+    store.delete_task("default", "job")
+    again = store.put_task("default", "job", doc, NOW)
+    assert again > first  # an edge that ran `first` runs the new task too
+
+
+def test_a_lost_resync_is_asked_for_again(placed: CloudStore) -> None:
+    newest = max(r.rv for r in placed.desired_after("n1", 0, 100))
+    connect(placed, "n1", "s1")
+    placed.register_node("n1", NOW)  # re-join
+    assert connect(placed, "n1", "s1", applied_rv=newest).resync is True
+    # The edge crashed before dropping its state: same applied rv, same store.
+    assert connect(placed, "n1", "s1", applied_rv=newest).resync is True
+    placed.record_acked("n1", 1, NOW)  # it applied part of the snapshot: reset done
+    assert connect(placed, "n1", "s1", applied_rv=1).resync is False
