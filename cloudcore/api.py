@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -120,11 +121,17 @@ class Api:
         return await handler(request)
 
     async def _json(self, request: web.Request) -> Any:
+        """The request body as JSON, or as YAML when the content type says so."""
+        text = await request.text()
+        if not text.strip():
+            return None
+        if "yaml" not in request.content_type:
+            try:
+                return json.loads(text)
+            except ValueError:
+                pass  # operators paste YAML with the wrong header too; try it below
         try:
-            text = await request.text()
-            if "yaml" in request.content_type:
-                return yaml.safe_load(text)
-            return yaml.safe_load(text) if text.strip() else None  # JSON is YAML
+            return yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ResourceError(f"request body is not valid JSON/YAML: {exc}") from None
 
@@ -157,7 +164,7 @@ class Api:
         cert = self.pki.sign_node(body["csr"].encode(), node, now, self.node_cert_days)
         await self.db.run(self.store.register_node, node, now_ms)
         log.info("node %s joined from %s", node, request.remote)
-        await self.scheduler.reconcile()
+        await self.scheduler.reconcile(nodes={node})
         return web.json_response(
             {
                 "node": node,
@@ -186,7 +193,6 @@ class Api:
         session = self.hub.sessions.get(name)
         if session is not None:
             await session.shut("node deleted by an operator")
-        await self.scheduler.reconcile()
         return web.json_response({"deleted": name})
 
     def _node_view(self, node: dict[str, Any]) -> dict[str, Any]:
@@ -247,15 +253,30 @@ class Api:
         generation = await self.db.run(
             self.store.put_task, spec.namespace, spec.name, document, self.clock.time_ms()
         )
-        await self.scheduler.reconcile()
-        row = await self.db.run(self.store.get_task, spec.namespace, spec.name)
-        log.info("task %s applied (generation %d)", spec.key, generation)
-        return web.json_response(_task_view(row), status=200)
+        written = await self.scheduler.reconcile(tasks={spec.key})
+        assigned = await self.db.run(self.store.assignment_count, spec.key)
+        log.info(
+            "task %s applied (generation %d, %d node(s), %d changed)",
+            spec.key,
+            generation,
+            assigned,
+            len(written),
+        )
+        return web.json_response(
+            {
+                "namespace": spec.namespace,
+                "name": spec.name,
+                "generation": generation,
+                "document": document,
+                "nodes": assigned,
+                "changed_nodes": len(written),
+            }
+        )
 
     async def delete_task(self, request: web.Request) -> web.Response:
         ns, name = request.match_info["namespace"], request.match_info["name"]
         await self.db.run(self.store.delete_task, ns, name)
-        await self.scheduler.reconcile()
+        await self.scheduler.reconcile(tasks={f"task/{ns}/{name}"})
         return web.json_response({"deleted": f"task/{ns}/{name}"})
 
 

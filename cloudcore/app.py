@@ -41,7 +41,7 @@ class CloudCore:
             self.store, self.db, self.clock, config.hub.session_config(), config.result_history
         )
         self.scheduler = Scheduler(self.store, self.db, self.clock, self.hub.notify)
-        self.hub.on_labels_changed = self.scheduler.reconcile
+        self.hub.on_labels_changed = lambda node: self.scheduler.reconcile_soon({node})
         self.websocket_port = 0
         self.quic_port: int | None = None
         self.api_port = 0
@@ -56,6 +56,7 @@ class CloudCore:
         now = dt.datetime.fromtimestamp(self.clock.time_ms() / 1000, dt.timezone.utc)
         self.pki.ensure(now)
         await self.db.run(self.store.create_schema)
+        self.hub.start()
         ws_ssl = server_context(
             self.pki.server_cert_path, self.pki.server_key_path, self.pki.ca_cert_path
         )
@@ -125,6 +126,7 @@ class CloudCore:
             _notify_systemd("STOPPING=1")
             await ws.stop()  # no new WebSocket sessions; QUIC ones end with the server
             await self.hub.close_all("cloudcore is shutting down")
+            await self.hub.stop()
             if quic is not None:
                 await quic.stop()
             await runner.cleanup()

@@ -183,7 +183,7 @@ def cmd_task_apply(client: Client, args: argparse.Namespace) -> None:
         task = client.call("POST", "/api/v1/tasks", doc)
         print(
             f"task/{task['namespace']}/{task['name']} applied (generation "
-            f"{task['generation']}, {len(task['assignments'])} node(s))"
+            f"{task['generation']}, {task['nodes']} node(s))"
         )
 
 

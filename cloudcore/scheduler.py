@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from cloudcore.store import CloudStore, Placement
+from cloudcore.store import CloudStore, DesiredRow, Placement
 from shared.clock import Clock
 from shared.dbthread import DbThread
 from shared.errors import ResourceError
@@ -51,34 +51,54 @@ def place(tasks: Iterable[dict[str, Any]], nodes: Iterable[dict[str, Any]]) -> l
 
 
 class Scheduler:
-    """Re-places every task when tasks or nodes change, one reconcile at a time."""
+    """Re-places tasks when tasks or nodes change, one reconcile at a time.
+
+    A reconcile can be scoped to some tasks (an operator applied one) or some
+    nodes (one joined or changed labels), so its cost does not grow with the
+    whole fleet on every change.
+    """
 
     def __init__(
         self,
         store: CloudStore,
         db: DbThread,
         clock: Clock,
-        notify: Callable[[set[str]], None],
+        notify: Callable[[dict[str, list[DesiredRow]]], None],
     ) -> None:
         self._store = store
         self._db = db
         self._clock = clock
         self._notify = notify
         self._lock = asyncio.Lock()
+        self._background: set[asyncio.Task[Any]] = set()
 
-    async def reconcile(self) -> set[str]:
-        """Bring assignments in line with tasks and nodes; wakes the sessions of changed nodes."""
+    async def reconcile(
+        self, tasks: set[str] | None = None, nodes: set[str] | None = None
+    ) -> dict[str, list[DesiredRow]]:
+        """Bring assignments in line for `tasks` (resource names) and/or `nodes` (None: all);
+        hands the desired rows written to the sessions of their nodes."""
+        keys = None if tasks is None else {tuple(t.split("/")[1:]) for t in tasks}
         async with self._lock:
-            tasks, nodes = await self._db.run(self._store.scheduling_inputs)
-            placements = place(tasks, nodes)
-            changed = await self._db.run(
-                self._store.apply_placements, placements, self._clock.time_ms()
+            task_rows, node_rows = await self._db.run(self._store.scheduling_inputs, keys, nodes)
+            placements = place(task_rows, node_rows)
+            written = await self._db.run(
+                self._store.apply_placements,
+                placements,
+                self._clock.time_ms(),
+                tasks=tasks,
+                nodes=nodes,
             )
-        if changed:
+        if written:
             log.info(
                 "placement changed the desired state of %d node(s): %s",
-                len(changed),
-                ", ".join(sorted(changed)[:10]),
+                len(written),
+                ", ".join(sorted(written)[:10]),
             )
-            self._notify(changed)
-        return changed
+            self._notify(written)
+        return written
+
+    def reconcile_soon(self, nodes: set[str]) -> None:
+        """Reconcile in the background (a session must not wait for it to start)."""
+        task = asyncio.ensure_future(self.reconcile(nodes=nodes))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

@@ -19,7 +19,7 @@ Schema (docs/protocol.md §6 explains the cursors):
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -91,6 +91,7 @@ assignments = sa.Table(
     sa.Column("runs", sa.BigInteger, nullable=False, default=0),
     sa.Column("last_result", sa.JSON, nullable=True),
     sa.Column("updated_ms", sa.BigInteger, nullable=False),
+    sa.Index("ix_assignments_node_rv", "node", "rv"),
 )
 
 results = sa.Table(
@@ -361,12 +362,7 @@ class CloudStore(SqlStore):
             return SessionStart(received_seq, labels_changed, resync, int(snapshot_rv or 0))
 
     def node_heartbeat(self, name: str, heartbeat: dict[str, Any], now_ms: int) -> None:
-        with self._tx(f"record a heartbeat of {name}") as conn:
-            conn.execute(
-                sa.update(nodes)
-                .where(nodes.c.name == name)
-                .values(heartbeat=heartbeat, last_seen_ms=now_ms, state="Ready", reason="heartbeat")
-            )
+        self.record_progress({}, {name: heartbeat}, now_ms)
 
     def node_disconnected(self, name: str, reason: str, now_ms: int) -> None:
         with self._tx(f"record the disconnect of {name}") as conn:
@@ -496,96 +492,153 @@ class CloudStore(SqlStore):
             ]
             return task
 
-    def scheduling_inputs(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Tasks and nodes as the scheduler needs them."""
+    def assignment_count(self, res: str) -> int:
+        with self._tx("count assignments") as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(assignments)
+                    .where(assignments.c.res == res)
+                ).scalar_one()
+            )
+
+    def scheduling_inputs(
+        self,
+        task_keys: Collection[tuple[str, str]] | None = None,
+        node_names: Collection[str] | None = None,
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Tasks and nodes as the scheduler needs them, optionally only some of them."""
         with self._tx("read scheduling inputs") as conn:
-            task_rows = [dict(r) for r in conn.execute(sa.select(tasks)).mappings()]
-            node_rows = [
-                dict(r)
-                for r in conn.execute(
-                    sa.select(nodes.c.name, nodes.c.labels, nodes.c.state)
-                ).mappings()
-            ]
+            tq = sa.select(tasks)
+            if task_keys is not None:
+                if not task_keys:
+                    return [], []
+                tq = tq.where(sa.tuple_(tasks.c.namespace, tasks.c.name).in_(list(task_keys)))
+            nq = sa.select(nodes.c.name, nodes.c.labels, nodes.c.state)
+            if node_names is not None:
+                nq = nq.where(nodes.c.name.in_(list(node_names)))
+            task_rows = [dict(r) for r in conn.execute(tq).mappings()]
+            node_rows = [dict(r) for r in conn.execute(nq).mappings()]
             return task_rows, node_rows
 
-    def apply_placements(self, placements: Sequence[Placement], now_ms: int) -> set[str]:
+    def apply_placements(
+        self,
+        placements: Sequence[Placement],
+        now_ms: int,
+        *,
+        tasks: Collection[str] | None = None,
+        nodes: Collection[str] | None = None,
+    ) -> dict[str, list[DesiredRow]]:
         """Make assignments and the desired log match the placements, in one transaction.
 
-        A new or changed assignment writes the task into that node's desired
-        log with a fresh rv; a removed one (task deleted or node no longer
-        selected) writes a tombstone. Returns the nodes whose log changed.
+        Only assignments in scope are compared: those of `tasks` (resource
+        names) and/or `nodes`; None means all. A new or changed assignment
+        writes the task into that node's desired log with a fresh rv; a
+        removed one (task deleted, node no longer selected) writes a
+        tombstone. Returns the rows written, per node, in rv order.
         """
-        changed: set[str] = set()
+        written: dict[str, list[DesiredRow]] = {}
         with self._tx("apply task placements") as conn:
-            current: dict[tuple[str, str], Any] = {
-                (a.res, a.node): a for a in conn.execute(sa.select(assignments))
+            query = sa.select(assignments)
+            if tasks is not None:
+                query = query.where(assignments.c.res.in_(list(tasks)))
+            if nodes is not None:
+                query = query.where(assignments.c.node.in_(list(nodes)))
+            current: dict[tuple[str, str], Any] = {(a.res, a.node): a for a in conn.execute(query)}
+            wanted = {
+                (p.res, n): p
+                for p in placements
+                for n in p.nodes
+                if (nodes is None or n in nodes) and (tasks is None or p.res in tasks)
             }
-            wanted = {(p.res, n): p for p in placements for n in p.nodes}
-            writes: list[tuple[str, str, str, dict[str, Any] | None, Any]] = []
-            for key, p in wanted.items():
-                row = current.get(key)
-                if row is None or row.generation != p.generation:
-                    writes.append((key[0], key[1], "apply", None, p))
-            for key in current:
-                if key not in wanted:
-                    writes.append((key[0], key[1], "delete", None, None))
-            if not writes:
-                return changed
-            rv = self._next_rvs(conn, len(writes))
-            for res, node, op, _, p in writes:
-                changed.add(node)
-                if op == "apply":
-                    row = current.get((res, node))
+            changes: list[tuple[str, str, Placement | None]] = [
+                (res, node, p)
+                for (res, node), p in wanted.items()
+                if (res, node) not in current or current[(res, node)].generation != p.generation
+            ]
+            changes += [(res, node, None) for (res, node) in current if (res, node) not in wanted]
+            if not changes:
+                return written
+            rv = self._next_rvs(conn, len(changes))
+            desired_rows: list[dict[str, Any]] = []
+            inserts: list[dict[str, Any]] = []
+            updates: list[dict[str, Any]] = []
+            deletes: list[dict[str, Any]] = []
+            for res, node, p in changes:
+                row = current.get((res, node))
+                if p is not None:
                     epoch = int(row.epoch) if row is not None else 1
-                    body = {"document": p.document, "generation": p.generation, "epoch": epoch}
-                    self._upsert_desired(conn, node, res, rv, "apply", body)
+                    body: dict[str, Any] | None = {
+                        "document": p.document,
+                        "generation": p.generation,
+                        "epoch": epoch,
+                    }
+                    op = "apply"
                     if row is None:
-                        conn.execute(
-                            sa.insert(assignments).values(
-                                res=res,
-                                node=node,
-                                epoch=epoch,
-                                generation=p.generation,
-                                rv=rv,
-                                phase="scheduled",
-                                runs=0,
-                                updated_ms=now_ms,
-                            )
+                        inserts.append(
+                            {
+                                "res": res,
+                                "node": node,
+                                "epoch": epoch,
+                                "generation": p.generation,
+                                "rv": rv,
+                                "phase": "scheduled",
+                                "runs": 0,
+                                "updated_ms": now_ms,
+                            }
                         )
                     else:
-                        conn.execute(
-                            sa.update(assignments)
-                            .where(assignments.c.res == res, assignments.c.node == node)
-                            .values(
-                                generation=p.generation, rv=rv, phase="scheduled", updated_ms=now_ms
-                            )
+                        updates.append(
+                            {"b_res": res, "b_node": node, "b_gen": p.generation, "b_rv": rv}
                         )
                 else:
-                    self._upsert_desired(conn, node, res, rv, "delete", None)
-                    conn.execute(
-                        sa.delete(assignments).where(
-                            assignments.c.res == res, assignments.c.node == node
-                        )
-                    )
+                    body, op = None, "delete"
+                    deletes.append({"b_res": res, "b_node": node})
+                desired_rows.append({"node": node, "res": res, "rv": rv, "op": op, "body": body})
+                written.setdefault(node, []).append(DesiredRow(res, rv, op, body))
                 rv += 1
-        return changed
+            self._upsert_desired(conn, desired_rows)
+            if inserts:
+                conn.execute(sa.insert(assignments), inserts)
+            if updates:
+                conn.execute(
+                    sa.update(assignments)
+                    .where(
+                        assignments.c.res == sa.bindparam("b_res"),
+                        assignments.c.node == sa.bindparam("b_node"),
+                    )
+                    .values(
+                        generation=sa.bindparam("b_gen"),
+                        rv=sa.bindparam("b_rv"),
+                        phase="scheduled",
+                        updated_ms=now_ms,
+                    ),
+                    updates,
+                )
+            if deletes:
+                conn.execute(
+                    sa.delete(assignments).where(
+                        assignments.c.res == sa.bindparam("b_res"),
+                        assignments.c.node == sa.bindparam("b_node"),
+                    ),
+                    deletes,
+                )
+        return written
 
-    def _upsert_desired(
-        self,
-        conn: Connection,
-        node: str,
-        res: str,
-        rv: int,
-        op: str,
-        body: dict[str, Any] | None,
-    ) -> None:
-        updated = conn.execute(
-            sa.update(desired)
-            .where(desired.c.node == node, desired.c.res == res)
-            .values(rv=rv, op=op, body=body)
-        ).rowcount
-        if updated == 0:
-            conn.execute(sa.insert(desired).values(node=node, res=res, rv=rv, op=op, body=body))
+    def _upsert_desired(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """Insert or replace desired-log rows in one statement (native upsert)."""
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        stmt: Any = (
+            postgresql.insert(desired)
+            if conn.dialect.name == "postgresql"
+            else sqlite.insert(desired)
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[desired.c.node, desired.c.res],
+            set_={"rv": stmt.excluded.rv, "op": stmt.excluded.op, "body": stmt.excluded.body},
+        )
+        conn.execute(stmt, rows)
 
     # ---------------------------------------------------------------- sync
 
@@ -601,28 +654,53 @@ class CloudStore(SqlStore):
             return [DesiredRow(r.res, int(r.rv), r.op, r.body) for r in rows]
 
     def record_acked(self, node: str, rv: int, now_ms: int) -> None:
-        """The edge durably applied everything up to `rv`: advance its cursor, settle phases,
-        and drop tombstones it no longer needs."""
-        with self._tx(f"record the ack of {node}") as conn:
-            conn.execute(
-                sa.update(nodes)
-                .where(nodes.c.name == node, nodes.c.acked_rv < rv)
-                .values(acked_rv=rv, last_seen_ms=now_ms, resync_pending=False)
-            )
-            conn.execute(
-                sa.update(assignments)
-                .where(
-                    assignments.c.node == node,
-                    assignments.c.rv <= rv,
-                    assignments.c.phase == "scheduled",
+        """One node's ack; see record_progress."""
+        self.record_progress({node: rv}, {}, now_ms)
+
+    def record_progress(
+        self, acked: dict[str, int], heartbeats: dict[str, dict[str, Any]], now_ms: int
+    ) -> None:
+        """Persist many nodes' acks and heartbeats in one transaction (the hub batches them).
+
+        An ack means the edge durably applied everything up to that rv:
+        advance its cursor, settle phases, drop tombstones it no longer needs.
+        """
+        with self._tx("record acks and heartbeats") as conn:
+            if acked:
+                params = [{"b_node": n, "b_rv": rv} for n, rv in acked.items()]
+                node_is = nodes.c.name == sa.bindparam("b_node")
+                rv_le: Any = sa.bindparam("b_rv")
+                conn.execute(
+                    sa.update(nodes)
+                    .where(node_is, nodes.c.acked_rv < rv_le)
+                    .values(acked_rv=rv_le, last_seen_ms=now_ms, resync_pending=False),
+                    params,
                 )
-                .values(phase="dispatched", updated_ms=now_ms)
-            )
-            conn.execute(
-                sa.delete(desired).where(
-                    desired.c.node == node, desired.c.op == "delete", desired.c.rv <= rv
+                conn.execute(
+                    sa.update(assignments)
+                    .where(
+                        assignments.c.node == sa.bindparam("b_node"),
+                        assignments.c.rv <= rv_le,
+                        assignments.c.phase == "scheduled",
+                    )
+                    .values(phase="dispatched", updated_ms=now_ms),
+                    params,
                 )
-            )
+                conn.execute(
+                    sa.delete(desired).where(
+                        desired.c.node == sa.bindparam("b_node"),
+                        desired.c.op == "delete",
+                        desired.c.rv <= rv_le,
+                    ),
+                    params,
+                )
+            if heartbeats:
+                conn.execute(
+                    sa.update(nodes)
+                    .where(nodes.c.name == sa.bindparam("b_node"))
+                    .values(heartbeat=sa.bindparam("b_hb"), last_seen_ms=now_ms),
+                    [{"b_node": n, "b_hb": hb} for n, hb in heartbeats.items()],
+                )
 
     def record_upstream(
         self, node: str, envelopes: Iterable[Envelope], now_ms: int, history: int

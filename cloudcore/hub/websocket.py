@@ -191,11 +191,13 @@ class WebSocketChannel(asyncio.Protocol):
         ws, transport = self._ws, self._transport
         if ws is None or transport is None:
             return
-        for data in ws.data_to_send():
-            if data:
-                transport.write(data)
-            else:  # websockets asks for EOF: TLS cannot half-close, so close
-                transport.close()
+        chunks = ws.data_to_send()
+        # One write per batch: one TLS record instead of one per frame.
+        payload = b"".join(chunks)
+        if payload:
+            transport.write(payload)
+        if chunks and not chunks[-1]:  # websockets asks for EOF: TLS cannot half-close
+            transport.close()
         if ws.state is State.CLOSED and not transport.is_closing():
             transport.close()
 

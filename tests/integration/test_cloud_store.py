@@ -128,7 +128,7 @@ def test_rv_allocation_strictly_increases_across_calls(store: CloudStore) -> Non
         assert new == list(range(before + 1, after + 1)), (before, after, new)
         seen.append(new)
         if not new:
-            assert changed == set()
+            assert changed == {}
 
     assert [len(s) for s in seen] == [2, 3, 0, 3, 3]
     flat = [rv for s in seen for rv in s]
@@ -158,7 +158,8 @@ def test_removing_a_node_from_a_placement_tombstones_only_that_node(store: Cloud
     store.apply_placements([place(A, 1, "n1", "n2")], NOW)
     changed = store.apply_placements([place(A, 1, "n2")], NOW)
 
-    assert changed == {"n1"}
+    assert set(changed) == {"n1"}
+    assert [(r.res, r.op) for r in changed["n1"]] == [(A, "delete")]  # the rows written
     assert [(r.res, r.op) for r in store.desired_after("n1", 0, 10)] == [(A, "delete")]
     assert [(r.res, r.op) for r in store.desired_after("n2", 0, 10)] == [(A, "apply")]
     assert [a["node"] for a in rows(store, assignments)] == ["n2"]
@@ -438,3 +439,31 @@ def test_a_lost_resync_is_asked_for_again(placed: CloudStore) -> None:
     assert connect(placed, "n1", "s1", applied_rv=newest).resync is True
     placed.record_acked("n1", 1, NOW)  # it applied part of the snapshot: reset done
     assert connect(placed, "n1", "s1", applied_rv=1).resync is False
+
+
+def test_a_scoped_placement_leaves_other_tasks_and_nodes_alone(store: CloudStore) -> None:
+    store.register_node("n1", NOW)
+    store.register_node("n2", NOW)
+    store.apply_placements([place(A, 1, "n1", "n2"), place(B, 1, "n1")], NOW)
+    # Only task B is in scope: A's assignments are not touched even though A is absent.
+    written = store.apply_placements([place(B, 2, "n1")], NOW, tasks={B})
+    assert {n: [r.res for r in rs] for n, rs in written.items()} == {"n1": [B]}
+    assert sorted((a["res"], a["node"]) for a in rows(store, assignments)) == [
+        (A, "n1"),
+        (A, "n2"),
+        (B, "n1"),
+    ]
+    # Only node n2 is in scope: n1 keeps everything.
+    written = store.apply_placements([], NOW, nodes={"n2"})
+    assert list(written) == ["n2"] and [r.op for r in written["n2"]] == ["delete"]
+    assert sorted((a["res"], a["node"]) for a in rows(store, assignments)) == [(A, "n1"), (B, "n1")]
+
+
+def test_progress_for_many_nodes_is_one_batch(placed: CloudStore) -> None:
+    newest = {n: max(r.rv for r in placed.desired_after(n, 0, 100)) for n in ("n1", "n2")}
+    placed.record_progress(newest, {"n1": {"cpu": 0.5}}, NOW)
+    assert placed.get_node("n1")["acked_rv"] == newest["n1"]
+    assert placed.get_node("n2")["acked_rv"] == newest["n2"]
+    assert placed.get_node("n1")["heartbeat"] == {"cpu": 0.5}
+    phases = {(a["res"], a["node"]): a["phase"] for a in rows(placed, assignments)}
+    assert set(phases.values()) == {"dispatched"}
