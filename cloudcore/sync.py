@@ -334,7 +334,8 @@ class NodeSession(SessionDriver):
             elif isinstance(event, AckReceived):
                 self.hub.note_acked(self.node, event.cursor)
                 self.hub.stats.acks_received += 1
-                self._wake.set()  # window space: pump more
+                if self._queued or not self._caught_up:
+                    self._wake.set()  # window space, and something may be waiting for it
             elif isinstance(event, PingReceived):
                 self.hub.note_heartbeat(self.node, event.body)
             elif isinstance(event, ErrorReceived) and not event.fatal:

@@ -81,12 +81,18 @@ class SessionDriver:
                 await self.flush()
                 if self._wake.is_set() or session.closed:
                     continue
+                # Sleep until woken or the session's next deadline. A timer that sets
+                # the event costs far less than asyncio.wait_for's task per sleep.
                 deadline = session.next_deadline()
-                timeout = None if deadline is None else max(0.0, deadline - clock.monotonic())
+                timer = None
+                if deadline is not None:
+                    delay = max(0.0, deadline - clock.monotonic())
+                    timer = asyncio.get_running_loop().call_later(delay, self._wake.set)
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-                except (TimeoutError, asyncio.TimeoutError):
-                    pass
+                    await self._wake.wait()
+                finally:
+                    if timer is not None:
+                        timer.cancel()
         except LinkError as exc:
             self.link_lost(exc)
         finally:
