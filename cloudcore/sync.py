@@ -302,10 +302,11 @@ class NodeSession(SessionDriver):
             clock.monotonic(),
         )
         log.info(
-            "node %s connected from %s over %s (applied rv %d, received seq %d)",
+            "node %s connected from %s over %s%s (applied rv %d, received seq %d)",
             self.node,
             self.channel.peer,
             self.channel.transport,
+            " (resumed TLS session)" if getattr(self.channel, "resumed", False) else "",
             hello.applied_rv,
             start.received_seq,
         )

@@ -64,6 +64,12 @@ class QuicChannel:
     def quic(self) -> QuicConnection:
         return self._protocol._quic
 
+    @property
+    def resumed(self) -> bool:
+        """True if this connection resumed an earlier TLS session (a session ticket)."""
+        tls = getattr(self.quic, "tls", None)
+        return bool(getattr(tls, "session_resumed", False))
+
     def open_stream(self) -> None:
         """Client side: choose the stream this channel speaks on."""
         self._stream_id = self.quic.get_next_available_stream_id()
@@ -142,8 +148,8 @@ class QuicChannel:
 
 
 class QuicChannelProtocol(QuicConnectionProtocol):
-    """aioquic protocol feeding a QuicChannel. `on_handshake` (server side)
-    authenticates the peer when TLS completes, then starts the session or aborts."""
+    """aioquic protocol feeding a QuicChannel. `on_handshake(channel, resumed)` (server
+    side) authenticates the peer when TLS completes, then starts the session or aborts."""
 
     def __init__(
         self,
@@ -151,7 +157,7 @@ class QuicChannelProtocol(QuicConnectionProtocol):
         stream_handler: Any = None,
         *,
         max_frame_bytes: int,
-        on_handshake: Callable[[QuicChannel], None] | None = None,
+        on_handshake: Callable[[QuicChannel, bool], None] | None = None,
     ) -> None:
         super().__init__(quic, stream_handler)
         self.channel = QuicChannel(self, max_frame_bytes)
@@ -160,7 +166,7 @@ class QuicChannelProtocol(QuicConnectionProtocol):
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, HandshakeCompleted):
             if self._on_handshake is not None:
-                self._on_handshake(self.channel)
+                self._on_handshake(self.channel, event.session_resumed)
         elif isinstance(event, StreamDataReceived):
             self.channel.stream_data(event)
         elif isinstance(event, ConnectionTerminated):

@@ -6,6 +6,13 @@ issued it. So this module turns the request on for every connection and
 verifies the client certificate itself against the cloud CA (signature,
 validity, clientAuth) before any frame is read; a connection without a
 valid node certificate is closed with an error the edge can read.
+
+Session tickets make reconnects cheaper (no certificate exchange, one round
+trip less work), but a resumed TLS 1.3 session carries no certificate. So a
+ticket is remembered only for a connection whose certificate verified, is
+bound to that node, is single use, lives in memory for `TICKET_TTL` and
+never beyond the certificate's expiry; a resumed connection takes its
+identity from the ticket it used.
 """
 
 from __future__ import annotations
@@ -13,13 +20,16 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aioquic.asyncio.server import QuicServer, serve
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from aioquic.tls import SessionTicket
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -31,6 +41,25 @@ from shared.quic_channel import ALPN, CLOSE_UNAUTHORIZED, QuicChannel, QuicChann
 log = logging.getLogger(__name__)
 
 ChannelHandler = Callable[[QuicChannel], Awaitable[None]]
+MAX_TICKETS = 100_000
+TICKET_TTL = 3600.0
+"""Seconds a session ticket may be used (aioquic advertises a day; we honour less)."""
+
+
+@dataclass
+class _Ticket:
+    ticket: SessionTicket
+    node: str
+    expires: float
+    """time.monotonic() deadline."""
+
+
+@dataclass
+class _ConnectionTickets:
+    """Ticket traffic of one connection: the ticket issued to it, the one it resumed."""
+
+    issued: SessionTicket | None = None
+    resumed: _Ticket | None = None
 
 
 def verify_client_certificate(
@@ -79,6 +108,7 @@ class QuicHubServer:
         self._config.load_cert_chain(str(cert), str(key))
         self._server: QuicServer | None = None
         self._sessions: set[asyncio.Task[None]] = set()
+        self._tickets: dict[bytes, _Ticket] = {}
         self.refused = 0
 
     async def start(self, host: str, port: int) -> int:
@@ -99,29 +129,65 @@ class QuicHubServer:
         self, quic: QuicConnection, stream_handler: Any = None
     ) -> QuicChannelProtocol:
         _request_client_certificate(quic)
+        tickets = _ConnectionTickets()
+
+        def issued(ticket: SessionTicket) -> None:
+            tickets.issued = ticket  # kept only once the certificate has verified
+
+        def fetch(label: bytes) -> SessionTicket | None:
+            entry = self._tickets.pop(label, None)  # single use
+            if entry is None or entry.expires < time.monotonic():
+                return None
+            tickets.resumed = entry
+            # A resumed handshake has no certificate exchange; without this, aioquic's
+            # server would wait for a client Certificate that never comes.
+            quic.tls._request_client_certificate = False
+            return entry.ticket
+
+        quic._session_ticket_handler = issued
+        quic._session_ticket_fetcher = fetch
         return QuicChannelProtocol(
             quic,
             stream_handler,
             max_frame_bytes=self._max_frame_bytes,
-            on_handshake=self._on_handshake,
+            on_handshake=lambda channel, resumed: self._on_handshake(channel, resumed, tickets),
         )
 
-    def _on_handshake(self, channel: QuicChannel) -> None:
-        peer_cert = getattr(channel.quic.tls, "_peer_certificate", None)
-        try:
-            channel.node = verify_client_certificate(
-                peer_cert, self._ca, dt.datetime.now(dt.timezone.utc)
-            )
-        except PKIError as exc:
-            self.refused += 1
-            log.warning("QUIC connection from %s refused: %s", channel.peer, exc)
-            channel.abort(CLOSE_UNAUTHORIZED, f"unauthorized: {exc}")
-            return
+    def _on_handshake(
+        self, channel: QuicChannel, resumed: bool, tickets: _ConnectionTickets
+    ) -> None:
+        now = dt.datetime.now(dt.timezone.utc)
+        if resumed and tickets.resumed is not None:
+            channel.node = tickets.resumed.node
+            expires = tickets.resumed.expires
+        else:
+            peer_cert = getattr(channel.quic.tls, "_peer_certificate", None)
+            try:
+                channel.node = verify_client_certificate(peer_cert, self._ca, now)
+            except PKIError as exc:
+                self.refused += 1
+                log.warning("QUIC connection from %s refused: %s", channel.peer, exc)
+                channel.abort(CLOSE_UNAUTHORIZED, f"unauthorized: {exc}")
+                return
+            assert peer_cert is not None
+            left = (peer_cert.not_valid_after_utc - now).total_seconds()
+            expires = time.monotonic() + min(TICKET_TTL, max(0.0, left))
+        if tickets.issued is not None:
+            self._remember(tickets.issued, channel.node, expires)
         task = asyncio.get_running_loop().create_task(
             self._run(channel), name=f"quic:{channel.node}"
         )
         self._sessions.add(task)
         task.add_done_callback(self._sessions.discard)
+
+    def _remember(self, ticket: SessionTicket, node: str, expires: float) -> None:
+        now = time.monotonic()
+        if len(self._tickets) >= MAX_TICKETS:  # drop the expired ones, then the oldest
+            for label in [k for k, t in self._tickets.items() if t.expires < now]:
+                del self._tickets[label]
+            while len(self._tickets) >= MAX_TICKETS:
+                del self._tickets[next(iter(self._tickets))]
+        self._tickets[ticket.ticket] = _Ticket(ticket, node, expires)
 
     async def _run(self, channel: QuicChannel) -> None:
         try:

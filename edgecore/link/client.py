@@ -19,7 +19,7 @@ from typing import Any
 
 from edgecore import sysinfo
 from edgecore.config import EdgeConfig
-from edgecore.link.quic import connect_quic
+from edgecore.link.quic import TicketCache, connect_quic
 from edgecore.link.websocket import connect_websocket
 from edgecore.store import EdgeStore
 from shared.backoff import backoff, is_retryable
@@ -68,6 +68,7 @@ class Link:
         self.connected = asyncio.Event()
         self.connects = 0
         self.fallbacks = 0
+        self._quic_tickets = TicketCache()
         self._websocket_until = 0.0
         self._connection: _Connection | None = None
         self._stopping = False
@@ -100,6 +101,7 @@ class Link:
                 timeout,
                 link.max_frame_bytes,
                 link.ping_interval * (link.missed_pings + 1),
+                tickets=self._quic_tickets,
             )
         except LinkBroken as exc:
             if mode != "auto":
@@ -219,9 +221,10 @@ class _Connection(SessionDriver):
         link.connects += 1
         link.connected.set()
         log.info(
-            "connected to the cloud %s over %s (applied rv %d, cloud has seq %d)",
+            "connected to the cloud %s over %s%s (applied rv %d, cloud has seq %d)",
             self.channel.peer,
             self.channel.transport,
+            " (resumed TLS session)" if getattr(self.channel, "resumed", False) else "",
             applied_rv,
             welcome.received_seq,
         )

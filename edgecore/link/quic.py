@@ -1,8 +1,9 @@
 """QUIC transport, edge side: mutual TLS 1.3 to the pinned cloud CA, ALPN edgesync/1.
 
 The cloud's certificate is always verified (KubeEdge's QUIC client skips
-this). No session resumption: a resumed TLS 1.3 session carries no client
-certificate, and the certificate is the node's identity on every connection.
+this). Session tickets from the cloud are kept in memory and used once, so a
+reconnect resumes the TLS session (the cloud binds each ticket to the node
+whose certificate it verified; see cloudcore/hub/quic.py).
 """
 
 from __future__ import annotations
@@ -11,15 +12,28 @@ import asyncio
 import socket
 import ssl
 import urllib.parse
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from aioquic.tls import SessionTicket
 
 from shared.errors import AuthError, LinkBroken
 from shared.quic_channel import ALPN, CLOSE_UNAUTHORIZED, QuicChannel, QuicChannelProtocol
+
+
+@dataclass
+class TicketCache:
+    """The latest session ticket from the cloud (single use; memory only)."""
+
+    ticket: SessionTicket | None = None
+
+    def take(self) -> SessionTicket | None:
+        ticket, self.ticket = self.ticket, None
+        return ticket if ticket is not None and ticket.is_valid else None
 
 
 def _parse(url: str) -> tuple[str, int]:
@@ -44,6 +58,7 @@ async def connect_quic(
     timeout: float,
     max_frame_bytes: int,
     idle_timeout: float,
+    tickets: TicketCache | None = None,
 ) -> QuicChannel:
     """Open a QUIC link; raises AuthError (fatal) or LinkBroken (retry / fall back)."""
     host, port = _parse(url)
@@ -56,6 +71,8 @@ async def connect_quic(
     )
     config.load_cert_chain(str(cert), str(key))
     config.load_verify_locations(cafile=str(ca))
+    if tickets is not None:
+        config.session_ticket = tickets.take()
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
@@ -64,7 +81,12 @@ async def connect_quic(
     addr: Any = infos[0][4]
     if len(addr) == 2:
         addr = ("::ffff:" + str(addr[0]), addr[1], 0, 0)
-    connection = QuicConnection(configuration=config)
+
+    def keep(ticket: SessionTicket) -> None:
+        if tickets is not None:
+            tickets.ticket = ticket
+
+    connection = QuicConnection(configuration=config, session_ticket_handler=keep)
     transport, protocol = await loop.create_datagram_endpoint(
         partial(QuicChannelProtocol, connection, max_frame_bytes=max_frame_bytes),
         sock=_udp_socket(),

@@ -252,3 +252,33 @@ def test_address_change_keeps_the_session(tmp_path: Path) -> None:
         assert_exactly_once(fleet, ["moved"], ["edge-1"])
     finally:
         fleet.stop_all()
+
+
+def test_reconnect_resumes_the_tls_session_and_keeps_the_identity(tmp_path: Path) -> None:
+    edge = {"link": {**FAST_EDGE["link"], "transport": "quic"}}
+    fleet = LocalFleet(tmp_path, cloud_config=FAST_CLOUD, edge_config=edge)
+    try:
+        fleet.start_cloud()
+        with UdpProxy("127.0.0.1", fleet.runtime["quic_port"]) as proxy:
+            fleet.join("edge-1")
+            fleet.set_edge_url("edge-1", quic_url=f"quic://127.0.0.1:{proxy.port}")
+            edge_proc = fleet.start_edge("edge-1")
+            wait_ready(fleet, ["edge-1"])
+            proxy.blocked = True  # the link dies; the edge reconnects with its ticket
+            time.sleep(3.5)
+            proxy.blocked = False
+            fleet.wait_until(
+                lambda: "(resumed TLS session)" in edge_proc.log_text(), 30, "a resumed reconnect"
+            )
+            wait_ready(fleet, ["edge-1"])
+            apply(fleet, ["after"], ["edge-1"])
+            fleet.wait_until(
+                lambda: all_succeeded(fleet, ["after"], ["edge-1"]),
+                30,
+                "the task over the resumed session",
+            )
+        cloud_log = (fleet.root / "cloudcore.log").read_text()
+        assert "node edge-1 connected from" in cloud_log
+        assert "over quic (resumed TLS session)" in cloud_log  # same node name, via the ticket
+    finally:
+        fleet.stop_all()
