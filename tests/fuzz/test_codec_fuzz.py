@@ -186,7 +186,7 @@ SEGMENT = st.text(
     alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.",
     min_size=1,
     max_size=63,
-)
+).filter(lambda seg: seg not in (".", ".."))  # path-like segments are refused
 RESOURCES = st.builds(
     lambda kind, ns, name: f"{kind}/{ns}/{name}",
     st.sampled_from(sorted(RESOURCE_KINDS)),

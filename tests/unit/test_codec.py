@@ -18,7 +18,7 @@ from shared.errors import (
 )
 from shared.protocol import codec
 from shared.protocol.codec import Limits
-from shared.protocol.messages import Envelope, Op
+from shared.protocol.messages import Envelope, Op, parse_resource
 
 BASE: dict[str, Any] = {"v": 1, "op": "ping", "id": "01ABC", "ts": 1_732_400_000_000}
 
@@ -449,3 +449,11 @@ def test_error_codes_are_distinct_per_class() -> None:
     codes = {cls.code for cls in (FrameTooLarge, MalformedMessage, UnknownOperation)}
     assert codes == {"frame_too_large", "malformed", "unknown_op"}
     assert RemoteProtocolError.code not in codes
+
+
+@pytest.mark.parametrize("segment", [".", ".."])
+def test_dot_segments_are_refused(segment: str) -> None:
+    with pytest.raises(MalformedMessage):
+        parse_resource(f"task/{segment}/x")
+    with pytest.raises(MalformedMessage):
+        parse_resource(f"task/default/{segment}")
