@@ -32,6 +32,8 @@ CLOSE_NORMAL = 0x0
 CLOSE_PROTOCOL_ERROR = 0x1
 CLOSE_FRAME_TOO_LARGE = 0x2
 CLOSE_UNAUTHORIZED = 0x3
+CLOSE_GRACE = 0.1
+"""Seconds close() waits for the peer to confirm; the close frame is already sent."""
 
 
 class QuicChannel:
@@ -97,9 +99,12 @@ class QuicChannel:
         self._closing = True
         self._fail(LinkClosed("link closed"))
         error = CLOSE_NORMAL if code == 1000 else CLOSE_PROTOCOL_ERROR
-        self._protocol.close(error_code=error, reason_phrase=reason[:100])
+        self._protocol.close(error_code=error, reason_phrase=reason[:100])  # sent at once
+        # Do not wait out QUIC's draining period (3 PTOs): when the peer is gone that
+        # is seconds, and a session being replaced by the peer's new connection would
+        # hold the new one up that long (measured in bench/: 2 s reconnects).
         with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-            await asyncio.wait_for(self._protocol.wait_closed(), 2.0)
+            await asyncio.wait_for(self._protocol.wait_closed(), CLOSE_GRACE)
         if self.on_close is not None:
             self.on_close()
 
