@@ -32,7 +32,7 @@ CLOSE_NORMAL = 0x0
 CLOSE_PROTOCOL_ERROR = 0x1
 CLOSE_FRAME_TOO_LARGE = 0x2
 CLOSE_UNAUTHORIZED = 0x3
-CLOSE_GRACE = 0.1
+CLOSE_GRACE = 0.02
 """Seconds close() waits for the peer to confirm; the close frame is already sent."""
 
 
