@@ -151,8 +151,10 @@ class Hub:
             await channel.close(1011 if session.failed else 1000, session.close_reason[:100])
 
     async def close_all(self, reason: str) -> None:
-        for session in list(self.sessions.values()):
-            await session.shut(reason)
+        """Close every session at once (one by one, 1,000 QUIC closes add up)."""
+        await asyncio.gather(
+            *(s.shut(reason) for s in list(self.sessions.values())), return_exceptions=True
+        )
 
 
 class NodeSession(SessionDriver):

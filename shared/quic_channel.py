@@ -23,7 +23,14 @@ from aioquic.quic.events import (
     StreamDataReceived,
 )
 
-from shared.errors import FrameTooLarge, IdentityRefused, LinkBroken, LinkClosed, LinkError
+from shared.errors import (
+    FrameTooLarge,
+    IdentityRefused,
+    LinkBroken,
+    LinkClosed,
+    LinkError,
+    PeerClosed,
+)
 from shared.protocol.framing import FrameDecoder, encode_frames
 
 ALPN = "edgesync/1"
@@ -139,6 +146,9 @@ class QuicChannel:
         reason = event.reason_phrase or "no reason"
         if event.error_code == CLOSE_UNAUTHORIZED:
             self._fail(IdentityRefused(f"QUIC peer {self.peer} refused this node: {reason}"))
+            return
+        if event.error_code == CLOSE_NORMAL and not self._closing:
+            self._fail(PeerClosed(f"QUIC peer {self.peer} closed the connection"))
             return
         self._fail(
             LinkBroken(

@@ -18,8 +18,10 @@ identity from the ticket it used.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -42,6 +44,8 @@ log = logging.getLogger(__name__)
 
 ChannelHandler = Callable[[QuicChannel], Awaitable[None]]
 MAX_TICKETS = 100_000
+RECEIVE_BUFFER = 4 << 20
+"""Bytes of UDP receive buffer asked for (the kernel caps it at net.core.rmem_max)."""
 TICKET_TTL = 3600.0
 """Seconds a session ticket may be used (aioquic advertises a day; we honour less)."""
 
@@ -117,6 +121,10 @@ class QuicHubServer:
         )
         transport = self._server._transport
         assert transport is not None
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # one socket serves every edge: the default buffer overflows
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         return int(transport.get_extra_info("sockname")[1])
 
     async def stop(self) -> None:

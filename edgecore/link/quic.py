@@ -97,15 +97,25 @@ async def connect_quic(
         protocol.connect(addr)
         await asyncio.wait_for(protocol.wait_connected(), timeout)
     except (TimeoutError, asyncio.TimeoutError):
+        _disarm(protocol)
         transport.close()
         raise LinkBroken(
             f"no QUIC answer from {host}:{port} within {timeout:g}s (UDP blocked?)"
         ) from None
     except ConnectionError:
+        _disarm(protocol)
         transport.close()
         raise _handshake_error(connection, url) from None
     channel.open_stream()
     return channel
+
+
+def _disarm(protocol: QuicChannelProtocol) -> None:
+    """Stop aioquic's timer before its socket goes (else it fires on a closed transport)."""
+    timer = getattr(protocol, "_timer", None)
+    if timer is not None:
+        timer.cancel()
+        protocol._timer = None
 
 
 def _handshake_error(connection: object, url: str) -> Exception:
