@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import sys
 from pathlib import Path
 
 from shared.config import render_defaults
+from shared.daemon import run_daemon
 from shared.errors import EdgesyncError
 
 DESCRIPTION = """\
@@ -50,20 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     except EdgesyncError as exc:
         print(f"cloudcore: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=(args.log_level or config.log_level).upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     from cloudcore.app import CloudCore
 
-    try:
-        asyncio.run(CloudCore(config).run())
-    except EdgesyncError as exc:
-        logging.getLogger("cloudcore").error("%s", exc)
-        return 1
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return run_daemon("cloudcore", args.log_level or config.log_level, CloudCore(config).run())
 
 
 if __name__ == "__main__":
