@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from shared.errors import JoinError, NotFound
@@ -361,9 +362,6 @@ class CloudStore(SqlStore):
             labels_changed = dict(row.labels or {}) != labels
             return SessionStart(received_seq, labels_changed, resync, int(snapshot_rv or 0))
 
-    def node_heartbeat(self, name: str, heartbeat: dict[str, Any], now_ms: int) -> None:
-        self.record_progress({}, {name: heartbeat}, now_ms)
-
     def node_disconnected(self, name: str, reason: str, now_ms: int) -> None:
         with self._tx(f"record the disconnect of {name}") as conn:
             conn.execute(
@@ -385,14 +383,9 @@ class CloudStore(SqlStore):
             if row is None:
                 raise NotFound(f"node {name!r} not found")
             node = dict(row)
-            node["assignments"] = [
-                dict(r)
-                for r in conn.execute(
-                    sa.select(assignments)
-                    .where(assignments.c.node == name)
-                    .order_by(assignments.c.res)
-                ).mappings()
-            ]
+            node["assignments"] = _assignment_rows(
+                conn, assignments.c.node == name, assignments.c.res
+            )
             return node
 
     def delete_node(self, name: str) -> None:
@@ -473,14 +466,9 @@ class CloudStore(SqlStore):
             if row is None:
                 raise NotFound(f"task {namespace}/{name} not found")
             task = dict(row)
-            task["assignments"] = [
-                dict(a)
-                for a in conn.execute(
-                    sa.select(assignments)
-                    .where(assignments.c.res == res)
-                    .order_by(assignments.c.node)
-                ).mappings()
-            ]
+            task["assignments"] = _assignment_rows(
+                conn, assignments.c.res == res, assignments.c.node
+            )
             task["results"] = [
                 dict(r)
                 for r in conn.execute(
@@ -627,8 +615,6 @@ class CloudStore(SqlStore):
 
     def _upsert_desired(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         """Insert or replace desired-log rows in one statement (native upsert)."""
-        from sqlalchemy.dialects import postgresql, sqlite
-
         stmt: Any = (
             postgresql.insert(desired)
             if conn.dialect.name == "postgresql"
@@ -819,3 +805,10 @@ class CloudStore(SqlStore):
             if node is not None:
                 q = q.where(results.c.node == node)
             return [dict(r) for r in conn.execute(q.order_by(results.c.id)).mappings()]
+
+
+def _assignment_rows(conn: Connection, where: Any, order: Any) -> list[dict[str, Any]]:
+    return [
+        dict(r)
+        for r in conn.execute(sa.select(assignments).where(where).order_by(order)).mappings()
+    ]

@@ -37,15 +37,28 @@ NOW = dt.datetime.now(dt.timezone.utc)
 
 
 @pytest.fixture
-def quic_fleet(tmp_path: Path) -> Iterator[LocalFleet]:
+def quic_cloud(tmp_path: Path) -> Iterator[LocalFleet]:
+    """A running cloud whose edges will use QUIC only."""
     edge = {"link": {**FAST_EDGE["link"], "transport": "quic"}}
     fleet = LocalFleet(tmp_path, cloud_config=FAST_CLOUD, edge_config=edge)
     try:
         fleet.start_cloud()
-        fleet.join("good")
         yield fleet
     finally:
         fleet.stop_all()
+
+
+@pytest.fixture
+def quic_fleet(quic_cloud: LocalFleet) -> LocalFleet:
+    """The QUIC cloud with one joined node, "good", whose certificates the tests borrow."""
+    quic_cloud.join("good")
+    return quic_cloud
+
+
+def join_behind(fleet: LocalFleet, proxy: UdpProxy, name: str) -> None:
+    """Join a node whose QUIC traffic goes through `proxy`."""
+    fleet.join(name)
+    fleet.set_edge_url(name, quic_url=f"quic://127.0.0.1:{proxy.port}")
 
 
 def _other_ca_material(tmp: Path) -> tuple[Path, Path, Path]:
@@ -189,8 +202,7 @@ def test_auto_falls_back_to_websocket_when_udp_is_blocked(tmp_path: Path) -> Non
         fleet.start_cloud()
         with UdpProxy("127.0.0.1", fleet.runtime["quic_port"]) as proxy:
             proxy.blocked = True  # every datagram vanishes, as behind a UDP-hostile firewall
-            fleet.join("edge-1")
-            fleet.set_edge_url("edge-1", quic_url=f"quic://127.0.0.1:{proxy.port}")
+            join_behind(fleet, proxy, "edge-1")
             edge_proc = fleet.start_edge("edge-1")
             wait_ready(fleet, ["edge-1"])
             assert fleet.nodes()["edge-1"]["transport"] == "websocket"
@@ -206,79 +218,61 @@ def test_auto_falls_back_to_websocket_when_udp_is_blocked(tmp_path: Path) -> Non
         fleet.stop_all()
 
 
-def test_loss_and_reordering_lose_and_duplicate_nothing(tmp_path: Path) -> None:
-    edge = {"link": {**FAST_EDGE["link"], "transport": "quic"}}
-    fleet = LocalFleet(tmp_path, cloud_config=FAST_CLOUD, edge_config=edge)
-    try:
-        fleet.start_cloud()
-        with UdpProxy("127.0.0.1", fleet.runtime["quic_port"], loss=0.05, reorder=0.1) as proxy:
-            nodes = ["edge-1", "edge-2"]
-            for name in nodes:
-                fleet.join(name)
-                fleet.set_edge_url(name, quic_url=f"quic://127.0.0.1:{proxy.port}")
-                fleet.start_edge(name)
-            wait_ready(fleet, nodes)
-            names = [f"lossy{i}" for i in range(20)]
-            apply(fleet, names, nodes)
-            fleet.wait_until(lambda: all_succeeded(fleet, names, nodes), 90, "every task")
-            assert proxy.dropped > 0
-        time.sleep(0.5)
-        assert_exactly_once(fleet, names, nodes)
-    finally:
-        fleet.stop_all()
+def test_loss_and_reordering_lose_and_duplicate_nothing(quic_cloud: LocalFleet) -> None:
+    fleet = quic_cloud
+    with UdpProxy("127.0.0.1", fleet.runtime["quic_port"], loss=0.05, reorder=0.1) as proxy:
+        nodes = ["edge-1", "edge-2"]
+        for name in nodes:
+            join_behind(fleet, proxy, name)
+            fleet.start_edge(name)
+        wait_ready(fleet, nodes)
+        names = [f"lossy{i}" for i in range(20)]
+        apply(fleet, names, nodes)
+        fleet.wait_until(lambda: all_succeeded(fleet, names, nodes), 90, "every task")
+        assert proxy.dropped > 0
+    time.sleep(0.5)
+    assert_exactly_once(fleet, names, nodes)
 
 
-def test_address_change_keeps_the_session(tmp_path: Path) -> None:
-    edge = {"link": {**FAST_EDGE["link"], "transport": "quic"}}
-    fleet = LocalFleet(tmp_path, cloud_config=FAST_CLOUD, edge_config=edge)
-    try:
-        fleet.start_cloud()
-        with UdpProxy("127.0.0.1", fleet.runtime["quic_port"]) as proxy:
-            fleet.join("edge-1")
-            fleet.set_edge_url("edge-1", quic_url=f"quic://127.0.0.1:{proxy.port}")
-            fleet.start_edge("edge-1")
-            wait_ready(fleet, ["edge-1"])
-            before = fleet.nodes()["edge-1"]["peer"]
-            proxy.rebind_clients()  # the cloud now sees the edge from a new address
-            apply(fleet, ["moved"], ["edge-1"])
-            fleet.wait_until(
-                lambda: all_succeeded(fleet, ["moved"], ["edge-1"]),
-                30,
-                "the task to succeed after the address change",
-            )
-        log = (fleet.root / "cloudcore.log").read_text()
-        assert log.count("node edge-1 connected") == 1, "the session was re-established"
-        assert before  # the session survived: same session, no resync
-        assert_exactly_once(fleet, ["moved"], ["edge-1"])
-    finally:
-        fleet.stop_all()
+def test_address_change_keeps_the_session(quic_cloud: LocalFleet) -> None:
+    fleet = quic_cloud
+    with UdpProxy("127.0.0.1", fleet.runtime["quic_port"]) as proxy:
+        join_behind(fleet, proxy, "edge-1")
+        fleet.start_edge("edge-1")
+        wait_ready(fleet, ["edge-1"])
+        before = fleet.nodes()["edge-1"]["peer"]
+        proxy.rebind_clients()  # the cloud now sees the edge from a new address
+        apply(fleet, ["moved"], ["edge-1"])
+        fleet.wait_until(
+            lambda: all_succeeded(fleet, ["moved"], ["edge-1"]),
+            30,
+            "the task to succeed after the address change",
+        )
+    log = (fleet.root / "cloudcore.log").read_text()
+    assert log.count("node edge-1 connected") == 1, "the session was re-established"
+    assert before  # the session survived: same session, no resync
+    assert_exactly_once(fleet, ["moved"], ["edge-1"])
 
 
-def test_reconnect_resumes_the_tls_session_and_keeps_the_identity(tmp_path: Path) -> None:
-    edge = {"link": {**FAST_EDGE["link"], "transport": "quic"}}
-    fleet = LocalFleet(tmp_path, cloud_config=FAST_CLOUD, edge_config=edge)
-    try:
-        fleet.start_cloud()
-        with UdpProxy("127.0.0.1", fleet.runtime["quic_port"]) as proxy:
-            fleet.join("edge-1")
-            fleet.set_edge_url("edge-1", quic_url=f"quic://127.0.0.1:{proxy.port}")
-            edge_proc = fleet.start_edge("edge-1")
-            wait_ready(fleet, ["edge-1"])
-            proxy.blocked = True  # the link dies; the edge reconnects with its ticket
-            time.sleep(3.5)
-            proxy.blocked = False
-            fleet.wait_until(
-                lambda: "(resumed TLS session)" in edge_proc.log_text(), 30, "a resumed reconnect"
-            )
-            wait_ready(fleet, ["edge-1"])
-            apply(fleet, ["after"], ["edge-1"])
-            fleet.wait_until(
-                lambda: all_succeeded(fleet, ["after"], ["edge-1"]),
-                30,
-                "the task over the resumed session",
-            )
-        cloud_log = (fleet.root / "cloudcore.log").read_text()
-        assert "node edge-1 connected from" in cloud_log
-        assert "over quic (resumed TLS session)" in cloud_log  # same node name, via the ticket
-    finally:
-        fleet.stop_all()
+def test_reconnect_resumes_the_tls_session_and_keeps_the_identity(quic_cloud: LocalFleet) -> None:
+    fleet = quic_cloud
+    with UdpProxy("127.0.0.1", fleet.runtime["quic_port"]) as proxy:
+        join_behind(fleet, proxy, "edge-1")
+        edge_proc = fleet.start_edge("edge-1")
+        wait_ready(fleet, ["edge-1"])
+        proxy.blocked = True  # the link dies; the edge reconnects with its ticket
+        time.sleep(3.5)
+        proxy.blocked = False
+        fleet.wait_until(
+            lambda: "(resumed TLS session)" in edge_proc.log_text(), 30, "a resumed reconnect"
+        )
+        wait_ready(fleet, ["edge-1"])
+        apply(fleet, ["after"], ["edge-1"])
+        fleet.wait_until(
+            lambda: all_succeeded(fleet, ["after"], ["edge-1"]),
+            30,
+            "the task over the resumed session",
+        )
+    cloud_log = (fleet.root / "cloudcore.log").read_text()
+    assert "node edge-1 connected from" in cloud_log
+    assert "over quic (resumed TLS session)" in cloud_log  # same node name, via the ticket

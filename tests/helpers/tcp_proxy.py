@@ -6,33 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
-from typing import Any
+
+from tests.helpers.loop_thread import LoopThreadProxy
 
 
-class TcpProxy:
+class TcpProxy(LoopThreadProxy):
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
-        self.port = 0
+        super().__init__()
         self.connections = 0
-        self._loop = asyncio.new_event_loop()
         self._writers: set[asyncio.StreamWriter] = set()
         self._blocked = False
         self._server: asyncio.Server | None = None
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    def __enter__(self) -> TcpProxy:
-        self._thread.start()
-        self.port = self._call(self._start())
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._call(self._stop())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
-    def _call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
 
     async def _start(self) -> int:
         self._server = await asyncio.start_server(self._on_client, "127.0.0.1", 0)

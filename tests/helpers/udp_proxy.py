@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 from typing import Any
+
+from tests.helpers.loop_thread import LoopThreadProxy
 
 
 class _Upstream(asyncio.DatagramProtocol):
@@ -31,7 +32,7 @@ class _Front(asyncio.DatagramProtocol):
         self.proxy._from_client(data, addr)
 
 
-class UdpProxy:
+class UdpProxy(LoopThreadProxy):
     def __init__(
         self,
         target_host: str,
@@ -45,28 +46,12 @@ class UdpProxy:
         self.loss = loss
         self.reorder = reorder
         self.blocked = False
-        self.port = 0
+        super().__init__()
         self.forwarded = 0
         self.dropped = 0
         self._rng = random.Random(seed)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._front: asyncio.DatagramTransport | None = None
         self._upstreams: dict[Any, _Upstream] = {}
-        self._held: list[tuple[bytes, Any]] = []
-
-    def __enter__(self) -> UdpProxy:
-        self._thread.start()
-        self.port = self._call(self._start())
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._call(self._stop())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
-    def _call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
 
     async def _start(self) -> int:
         transport, _ = await self._loop.create_datagram_endpoint(
