@@ -79,7 +79,7 @@ if str(ROOT) not in sys.path:
 from cloudcore.fleet import Daemon  # noqa: E402
 from shared import pki  # noqa: E402
 from shared.ids import new_ulid  # noqa: E402
-from shared.resources import parse_task  # noqa: E402
+from shared.resources import parse_task, to_document  # noqa: E402
 
 WINDOW = 256  # cloudcore's hub.window default; the baseline server uses the same
 MAX_FRAME_BYTES = 1 << 20  # cloudcore's and edgecore's max_frame_bytes default
@@ -136,7 +136,7 @@ def pinned_task_document(name: str, node: str, stamp: int) -> dict[str, Any]:
 
 def canonical_document(k: int, stamp: int) -> dict[str, Any]:
     """What the cloud stores and sends for that document (used for the baseline's size)."""
-    return parse_task(task_document(k, stamp, {})).to_document()
+    return to_document(parse_task(task_document(k, stamp, {})))
 
 
 # ---------------------------------------------------------------- /proc CPU accounting

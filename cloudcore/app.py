@@ -45,6 +45,7 @@ class CloudCore:
         self.websocket_port = 0
         self.quic_port: int | None = None
         self.api_port = 0
+        self.api_app: web.Application | None = None
         self._stop = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -92,7 +93,8 @@ class CloudCore:
             quic_port=lambda: self.quic_port,
             insecure_no_auth=self.config.api.insecure_no_auth,
         )
-        runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+        self.api_app = api.app()
+        runner = web.AppRunner(self.api_app, access_log=None, handle_signals=False)
         await runner.setup()
         api_ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         api_ssl.load_cert_chain(self.pki.server_cert_path, self.pki.server_key_path)

@@ -8,6 +8,7 @@ the same inputs.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -16,7 +17,7 @@ from cloudcore.store import CloudStore, DesiredRow, Placement
 from shared.clock import Clock
 from shared.dbthread import DbThread
 from shared.errors import ResourceError
-from shared.resources import parse_task
+from shared.resources import task_from_document
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ def place(tasks: Iterable[dict[str, Any]], nodes: Iterable[dict[str, Any]]) -> l
     placements = []
     for row in tasks:
         try:
-            spec = parse_task(row["document"])
+            task = task_from_document(row["document"])
         except ResourceError as exc:  # validated on write; only a schema change gets here
             log.error(
                 "task %s/%s is no longer valid, not placing it: %s",
@@ -36,18 +37,26 @@ def place(tasks: Iterable[dict[str, Any]], nodes: Iterable[dict[str, Any]]) -> l
                 exc,
             )
             continue
-        targets = set()
-        pinned = set(spec.placement.nodes)
-        for node in node_list:
-            labels = node.get("labels") or {}
-            if pinned and node["name"] not in pinned:
-                continue
-            if all(labels.get(k) == v for k, v in spec.placement.selector.items()):
-                targets.add(node["name"])
+        placement = task.spec.placement
+        targets = [
+            n["name"] for n in node_list if placement.admits(n["name"], n.get("labels") or {})
+        ]
+        if placement.replicas is not None and len(targets) > placement.replicas:
+            targets = pick_replicas(task.key, targets, placement.replicas)
         placements.append(
-            Placement(spec.key, int(row["generation"]), row["document"], frozenset(targets))
+            Placement(task.key, int(row["generation"]), row["document"], frozenset(targets))
         )
     return placements
+
+
+def pick_replicas(key: str, candidates: list[str], count: int) -> list[str]:
+    """`count` of the candidates by rendezvous hashing: the same choice every time, and a
+    node joining or leaving moves at most the replicas it takes or held."""
+
+    def weight(node: str) -> bytes:
+        return hashlib.blake2b(f"{key}\0{node}".encode(), digest_size=8).digest()
+
+    return sorted(candidates, key=weight, reverse=True)[:count]
 
 
 class Scheduler:

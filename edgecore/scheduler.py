@@ -22,7 +22,8 @@ from shared.clock import Clock
 from shared.dbthread import DbThread
 from shared.errors import ResourceError
 from shared.ids import new_ulid
-from shared.resources import TaskSpec, parse_task
+from shared.resources import Task, task_from_document
+from shared.triggers import next_due_ms
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,9 @@ class LocalScheduler:
         self._wake = asyncio.Event()
         self._reload = True
         self._tasks: dict[str, TaskObject] = {}
-        self._specs: dict[tuple[str, int], TaskSpec | None] = {}
+        self._specs: dict[tuple[str, int], Task | None] = {}
+        self._since: dict[tuple[str, int], int] = {}
+        """When this process first held each (task, generation): cron counts from it."""
         self._history: dict[tuple[str, int], tuple[int, int]] = {}
         self._running: dict[str, _Running] = {}
 
@@ -126,11 +129,11 @@ class LocalScheduler:
         except asyncio.CancelledError:
             pass
 
-    def _spec(self, task: TaskObject) -> TaskSpec | None:
+    def _spec(self, task: TaskObject) -> Task | None:
         key = (task.res, task.generation)
         if key not in self._specs:
             try:
-                self._specs[key] = parse_task(task.document)
+                self._specs[key] = task_from_document(task.document)
             except ResourceError as exc:
                 log.error(
                     "task %s generation %d is invalid here, not running it: %s",
@@ -144,25 +147,26 @@ class LocalScheduler:
     def _start_due(self) -> float | None:
         """Start what is due; returns seconds until the next thing may be due (None: never)."""
         now_ms = self.clock.time_ms()
-        due: list[tuple[int, TaskObject, TaskSpec]] = []
+        due: list[tuple[int, TaskObject, Task]] = []
         next_ms: int | None = None
         paused = False
         for task in self._tasks.values():
-            spec = self._spec(task)
-            if spec is None or task.res in self._running:
+            typed = self._spec(task)
+            if typed is None or task.res in self._running:
                 continue
-            if spec.offline == "pause" and not self.link_up():
+            if typed.spec.offline == "pause" and not self.link_up():
                 paused = True
                 continue
-            count, last_start = self._history.get((task.res, task.generation), (0, 0))
-            if spec.trigger.type == "once":
-                at = now_ms if count == 0 else None
-            else:
-                at = now_ms if count == 0 else last_start + int(spec.trigger.every * 1000)
+            key = (task.res, task.generation)
+            count, last_start = self._history.get(key, (0, 0))
+            since = self._since.setdefault(key, now_ms)
+            at = next_due_ms(
+                typed.spec.trigger, runs=count, last_start_ms=last_start, since_ms=since
+            )
             if at is None:
                 continue
             if at <= now_ms:
-                due.append((spec.priority, task, spec))
+                due.append((typed.spec.priority, task, typed))
             else:
                 next_ms = at if next_ms is None else min(next_ms, at)
         due.sort(key=lambda item: -item[0])
@@ -175,7 +179,7 @@ class LocalScheduler:
             waits.append(PAUSED_RECHECK)
         return min(waits) if waits else None
 
-    def _launch(self, task: TaskObject, spec: TaskSpec, now_ms: int) -> None:
+    def _launch(self, task: TaskObject, spec: Task, now_ms: int) -> None:
         run_id = new_ulid(now_ms)
         count, _ = self._history.get((task.res, task.generation), (0, 0))
         self._history[(task.res, task.generation)] = (count + 1, now_ms)
@@ -188,7 +192,7 @@ class LocalScheduler:
     async def _execute(
         self,
         task: TaskObject,
-        spec: TaskSpec,
+        spec: Task,
         run_id: str,
         now_ms: int,
         holder: dict[str, _Running],
@@ -202,7 +206,7 @@ class LocalScheduler:
             env = {"EDGESYNC_NODE": self.node, "EDGESYNC_TASK": task.res, "EDGESYNC_RUN_ID": run_id}
             try:
                 outcome = await run_command(
-                    spec.command,
+                    spec.spec.command,
                     workdir,
                     env,
                     self.config.output_tail_bytes,
