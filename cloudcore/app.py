@@ -132,6 +132,7 @@ class CloudCore:
             if quic is not None:
                 await quic.stop()
             await runner.cleanup()
+            api.bodies.close()
             self.db.shutdown()
             self.store.close()
 

@@ -34,6 +34,20 @@ def load_untrusted(text: str, *, max_depth: int = 32, max_nodes: int = 200_000) 
         loader.dispose()
 
 
+def load_untrusted_or_explain(text: str, *, max_depth: int = 32) -> tuple[bool, Any]:
+    """(True, value), or (False, a message for the sender): for a worker process, whose
+    exceptions would carry marks and buffers back across the pipe."""
+    try:
+        return True, load_untrusted(text, max_depth=max_depth)
+    except UntrustedYamlError as exc:
+        return False, f"request body: {exc}"
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        return False, f"request body is not valid YAML{where}: {problem}"
+
+
 def _check(root: yaml.Node, max_depth: int, max_nodes: int) -> None:
     """Refuse shared nodes (anchors/aliases), depth and node count over the bounds."""
     seen: set[int] = set()

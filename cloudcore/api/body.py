@@ -5,8 +5,8 @@ The rules (docs/operations.md, "Operator API"):
   about a millisecond per MiB, with nesting bounded before any field is used.
 - YAML (`application/yaml`, `application/x-yaml`, `text/yaml`) is accepted only
   on routes that say so, which are behind the operator's bearer token. It is
-  parsed in a worker thread with libyaml, smaller bodies only, one or two at a
-  time, with anchors/aliases refused (a "billion laughs" document is tiny and
+  parsed in a worker process with libyaml, smaller bodies only, two at a time,
+  with anchors/aliases refused (a "billion laughs" document is tiny and
   expands without bound when used).
 - Anything else is 415; a body over the route's limit is 413; bytes that are
   not UTF-8, or not the format they claim, are 400.
@@ -15,14 +15,17 @@ The rules (docs/operations.md, "Operator API"):
 from __future__ import annotations
 
 import asyncio
+import functools
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-import yaml
 from aiohttp import web
 
-from shared.untrusted_yaml import UntrustedYamlError, load_untrusted
+from shared.untrusted_yaml import load_untrusted_or_explain
 
 JSON_TYPES = frozenset({"application/json"})
 YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml"})
@@ -49,17 +52,48 @@ class BodyRules:
 
 
 class BodyReader:
-    """Reads bodies by the rules above; holds the slots that bound concurrent YAML parses."""
+    """Reads bodies by the rules above; YAML in worker processes, two at a time.
+
+    Processes, not threads: a thread parsing YAML shares the GIL (and the
+    garbage collector's pauses) with the event loop, and held it for ~100 ms
+    per 60 KiB document in tests/integration/test_api_bodies.py. The workers
+    start on the first YAML body and are replaced if they die.
+    """
 
     def __init__(self) -> None:
         self._yaml_slots = asyncio.Semaphore(YAML_CONCURRENCY)
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _yaml_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            context = multiprocessing.get_context("spawn")  # never fork a threaded daemon
+            self._pool = ProcessPoolExecutor(YAML_CONCURRENCY, mp_context=context)
+        return self._pool
 
     async def read(self, request: web.Request, rules: BodyRules) -> Any:
         """The parsed body (None when empty). Raises BodyError."""
-        return await _read_body(request, rules, self._yaml_slots)
+        raw, is_yaml = await _read_raw(request, rules)
+        if raw is None:
+            return None
+        if not is_yaml:
+            return _parse_json(raw)
+        async with self._yaml_slots:
+            try:
+                return await _parse_yaml(raw, self._yaml_pool())
+            except BrokenProcessPool:
+                self.close()
+                raise BodyError(
+                    503, "parser_unavailable", "the YAML parser stopped; retry, or send JSON"
+                ) from None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
 
-async def _read_body(request: web.Request, rules: BodyRules, slots: asyncio.Semaphore) -> Any:
+async def _read_raw(request: web.Request, rules: BodyRules) -> tuple[bytes | None, bool]:
+    """The body's bytes within the route's limit (None when empty), and whether it is YAML."""
     media = request.content_type if request.headers.get("Content-Type") else "application/json"
     is_yaml = media in YAML_TYPES or media.endswith("+yaml")
     if not (media in JSON_TYPES or media.endswith("+json") or (rules.yaml and is_yaml)):
@@ -77,9 +111,7 @@ async def _read_body(request: web.Request, rules: BodyRules, slots: asyncio.Sema
         if size > limit:
             raise BodyError(413, "too_large", f"request body is over the limit of {limit} bytes")
     raw = b"".join(chunks)
-    if not raw.strip():
-        return None
-    return await _parse_yaml(raw, slots) if is_yaml else _parse_json(raw)
+    return (raw if raw.strip() else None), is_yaml
 
 
 def _parse_json(raw: bytes) -> Any:
@@ -93,22 +125,16 @@ def _parse_json(raw: bytes) -> Any:
     return value
 
 
-async def _parse_yaml(raw: bytes, slots: asyncio.Semaphore) -> Any:
+async def _parse_yaml(raw: bytes, pool: ProcessPoolExecutor) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BodyError(400, "bad_request", f"YAML body is not UTF-8 (byte {exc.start})") from None
-    async with slots:
-        try:
-            return await asyncio.to_thread(load_untrusted, text, max_depth=MAX_DEPTH)
-        except UntrustedYamlError as exc:
-            raise BodyError(400, "bad_request", f"request body: {exc}") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or "syntax error"
-            message = f"request body is not valid YAML{where}: {problem}"
-            raise BodyError(400, "bad_request", message) from None
+    parse = functools.partial(load_untrusted_or_explain, text, max_depth=MAX_DEPTH)
+    ok, value = await asyncio.get_running_loop().run_in_executor(pool, parse)
+    if not ok:
+        raise BodyError(400, "bad_request", value)
+    return value
 
 
 def _check_depth(value: Any) -> None:
