@@ -41,7 +41,7 @@ class CloudCore:
             self.store, self.db, self.clock, config.hub.session_config(), config.result_history
         )
         self.scheduler = Scheduler(self.store, self.db, self.clock, self.hub.notify)
-        self.hub.on_labels_changed = lambda node: self.scheduler.reconcile_soon({node})
+        self.hub.on_labels_changed = lambda node: self.scheduler.request(nodes={node})
         self.websocket_port = 0
         self.quic_port: int | None = None
         self.api_port = 0
@@ -107,7 +107,8 @@ class CloudCore:
         if self.config.api.insecure_no_auth:
             log.warning("operator API runs WITHOUT authentication (api.insecure_no_auth)")
         self._write_runtime_files()
-        await self.scheduler.reconcile()
+        self.scheduler.start()
+        await self.scheduler.ready()
         log.info(
             "cloudcore ready: wss://%s:%d/edgesync/v1, quic %s, https://%s:%d (data in %s)",
             self.config.hub.listen,
@@ -127,6 +128,7 @@ class CloudCore:
             log.info("cloudcore shutting down")
             _notify_systemd("STOPPING=1")
             await ws.stop()  # no new WebSocket sessions; QUIC ones end with the server
+            await self.scheduler.stop()
             await self.hub.close_all("cloudcore is shutting down")
             await self.hub.stop()
             if quic is not None:

@@ -502,7 +502,7 @@ class CloudStore(SqlStore):
                 if not task_keys:
                     return [], []
                 tq = tq.where(sa.tuple_(tasks.c.namespace, tasks.c.name).in_(list(task_keys)))
-            nq = sa.select(nodes.c.name, nodes.c.labels, nodes.c.state)
+            nq = sa.select(nodes.c.name, nodes.c.labels, nodes.c.state, nodes.c.capacity)
             if node_names is not None:
                 nq = nq.where(nodes.c.name.in_(list(node_names)))
             task_rows = [dict(r) for r in conn.execute(tq).mappings()]

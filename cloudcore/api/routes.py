@@ -30,6 +30,7 @@ from shared import pki
 from shared.clock import Clock
 from shared.dbthread import DbThread
 from shared.errors import JoinError, NotFound, ResourceError, StoreError
+from shared.faults import crash_point
 from shared.resources import Task, parse_task, to_document, validate_name
 from shared.resources.common import convert
 
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20
 """Largest operator request body (JSON)."""
+PLACEMENT_WAIT = 10.0
+"""Seconds an apply waits for its placement before answering without the node count."""
 MAX_JOIN_BODY = 16 * 1024
 """Largest /join body: a token and a CSR are under 2 KiB."""
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -295,7 +298,7 @@ class Api:
         cert = self.pki.sign_node(body.csr.encode(), node, now, self.node_cert_days)
         await self.db.run(self.store.register_node, node, now_ms)
         log.info("node %s joined from %s", node, request.remote)
-        await self.scheduler.reconcile(nodes={node})
+        self.scheduler.request(nodes={node})
         return _json(
             s.JoinResponse(
                 node=node,
@@ -377,14 +380,14 @@ class Api:
         generation = await self.db.run(
             self.store.put_task, meta.namespace, meta.name, document, self.clock.time_ms()
         )
-        written = await self.scheduler.reconcile(tasks={task.key})
-        assigned = await self.db.run(self.store.assignment_count, task.key)
+        crash_point("cloud.after_task_write")
+        placed = await self.scheduler.placed(tasks={task.key}, timeout=PLACEMENT_WAIT)
+        assigned = await self.db.run(self.store.assignment_count, task.key) if placed else None
         log.info(
-            "task %s applied (generation %d, %d node(s), %d changed)",
+            "task %s applied (generation %d, %s)",
             task.key,
             generation,
-            assigned,
-            len(written),
+            f"{assigned} node(s)" if placed else "placement still running",
         )
         return _json(
             s.TaskApplied(
@@ -393,14 +396,13 @@ class Api:
                 generation=generation,
                 document=document,
                 nodes=assigned,
-                changed_nodes=len(written),
             )
         )
 
     async def delete_task(self, request: web.Request) -> web.Response:
         ns, name = _path_name(request, "namespace"), _path_name(request, "name")
         await self.db.run(self.store.delete_task, ns, name)
-        await self.scheduler.reconcile(tasks={f"task/{ns}/{name}"})
+        self.scheduler.request(tasks={f"task/{ns}/{name}"})
         return _json(s.Deleted(deleted=f"task/{ns}/{name}"))
 
 

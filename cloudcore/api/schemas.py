@@ -140,10 +140,9 @@ class TaskApplied(_Out, frozen=True):
     name: str
     generation: int
     document: dict[str, Any]
-    nodes: int
-    """Nodes the task is assigned to now."""
-    changed_nodes: int
-    """Nodes whose desired state this apply changed."""
+    nodes: int | None
+    """Nodes the task is assigned to now; null if placement took longer than the API
+    waits (it goes on in the background: `GET` the task for its assignments)."""
 
 
 class Deleted(_Out, frozen=True):

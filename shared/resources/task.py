@@ -211,15 +211,6 @@ class Placement(Struct, frozen=True):
     """Only nodes of this firmware profile (firmware_profiles/)."""
     accelerator: Annotated[str, msgspec.Meta(max_length=63)] | None = None
 
-    def admits(self, name: str, labels: dict[str, str]) -> bool:
-        """The label-only filters: pinned nodes, selector, required affinity."""
-        if self.nodes and name not in self.nodes:
-            return False
-        if any(labels.get(k) != v for k, v in self.selector.items()):
-            return False
-        required = self.node_affinity.required if self.node_affinity else []
-        return not required or any(t.matches(labels) for t in required)
-
 
 # ------------------------------------------------------------------ the rest of a spec
 

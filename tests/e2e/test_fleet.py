@@ -140,6 +140,22 @@ def test_edge_crash_after_result_sent_before_ack(fleet: LocalFleet) -> None:
     assert_exactly_once(fleet, ["slow"], ["edge-1"])
 
 
+def test_cloud_crash_between_task_write_and_placement(fleet: LocalFleet) -> None:
+    """The task is committed but never placed before the crash: the restarted cloud's
+    reconciler places it, and it runs exactly once, with no operator re-applying it."""
+    fleet.start_cloud(env={"EDGESYNC_CRASH_AT": "cloud.after_task_write"})
+    fleet.join("edge-1")
+    fleet.start_edge("edge-1")
+    wait_ready(fleet, ["edge-1"])
+    apply_until_crash(fleet, ["gap"], ["edge-1"])
+    assert fleet.cloud is not None
+    assert fleet.cloud.wait(20) == CRASH_EXIT_CODE, "cloudcore did not reach its crash point"
+    assert "crashing at cloud.after_task_write" in fleet.cloud.log_text()
+    fleet.start_cloud()
+    fleet.wait_until(lambda: all_succeeded(fleet, ["gap"], ["edge-1"]), 30, "gap to succeed")
+    assert_exactly_once(fleet, ["gap"], ["edge-1"])
+
+
 def test_cloud_crash_after_result_commit_before_ack(fleet: LocalFleet) -> None:
     # The cloud commits the first upstream batch (the `running` report), then dies
     # before acking; the edge resends it after the restart and the cloud must dedupe.
