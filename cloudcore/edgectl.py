@@ -223,7 +223,7 @@ def _load_docs(path: str) -> list[Any]:
         raise CtlConfigError(f"{name}: {yaml_error_text(exc)}") from None
     if not docs:
         raise CtlConfigError(
-            f"{name}: no task documents in it (the file is empty); nothing applied"
+            f"{name}: holds no task document (empty, or only comments); nothing applied"
         )
     for index, doc in enumerate(docs, 1):
         if not isinstance(doc, dict):

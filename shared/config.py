@@ -222,8 +222,6 @@ def _sqlalchemy_url(value: Any) -> str | None:
             f"database {backend!r} is not supported; use postgresql+psycopg://USER@HOST/DB "
             "or sqlite:///PATH"
         )
-    if backend == "postgresql" and parsed.get_driver_name() != "psycopg":
-        return f"use the psycopg 3 driver: postgresql+psycopg://…, not {parsed.drivername}://…"
     if backend == "sqlite" and not parsed.database:
         return "sqlite needs a file: sqlite:///PATH (an in-memory database would lose everything)"
     return None
