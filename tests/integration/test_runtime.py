@@ -256,7 +256,7 @@ async def run_once(
             runs = store.runs_for("task/default/t")
             return runs if runs and all(r["phase"] != "running" for r in runs) else []
 
-        runs: list[dict[str, Any]] = await eventually(finished, what="the run finished")
+        await eventually(finished, what="the run finished")
         await asyncio.sleep(0.2)  # a wedged or repeated run would show up now
     finally:
         loop.cancel()
