@@ -102,10 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     except EdgesyncError as exc:
         print_error("edgecore", exc)
         return 2
-    from shared.files import secure_data_dir
+    from edgecore.config import CONFIG_NAME
+    from shared.files import ensure_private_files, secure_data_dir
 
     def prepare() -> None:
         secure_data_dir(config.data_path, [config.db_path])
+        ensure_private_files(
+            [config.data_path / "node.key", config.data_path / CONFIG_NAME], what="secret file"
+        )
 
     def serve_() -> Coroutine[Any, Any, None]:
         from edgecore.app import EdgeCore
