@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
-from shared.config import render_defaults
-from shared.daemon import run_daemon
+from shared.config import LOG_LEVELS, render_defaults
+from shared.daemon import print_error, run_daemon
 from shared.errors import EdgesyncError
 
 DESCRIPTION = """\
@@ -33,7 +35,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="print the default configuration with comments and exit",
     )
-    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (overrides config)")
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="DEBUG, INFO, WARNING or ERROR (overrides config)",
+    )
     args = parser.parse_args(argv)
 
     from cloudcore.config import CloudConfig, load_cloud_config
@@ -47,11 +54,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_cloud_config(args.config, args.data_dir)
     except EdgesyncError as exc:
-        print(f"cloudcore: {exc}", file=sys.stderr)
+        print_error("cloudcore", exc)
         return 2
-    from cloudcore.app import CloudCore
+    from shared.files import secure_data_dir
 
-    return run_daemon("cloudcore", args.log_level or config.log_level, CloudCore(config).run())
+    def prepare() -> None:
+        sqlite = config.sqlite_path
+        secure_data_dir(config.data_path, [sqlite] if sqlite else [])
+
+    def serve() -> Coroutine[Any, Any, None]:
+        from cloudcore.app import CloudCore
+
+        return CloudCore(config).run()
+
+    return run_daemon("cloudcore", args.log_level or config.log_level, serve, prepare)
 
 
 if __name__ == "__main__":

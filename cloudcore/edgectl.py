@@ -13,43 +13,79 @@ import json
 import os
 import ssl
 import sys
-import tempfile
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from shared.config import (
+    Check,
+    decode_text,
+    from_dict,
+    load_yaml_file,
+    non_empty,
+    setting,
+    url,
+    yaml_error_text,
+)
+from shared.errors import ConfigError
+
 TIMEOUT = 30.0
 
 
 class CtlError(Exception):
-    pass
+    """A failure edgectl reports as `edgectl: MESSAGE` (exit 1)."""
+
+    exit_code = 1
+
+
+class CtlConfigError(CtlError):
+    """edgectl's config or an input file is unusable (exit 2): fix the file."""
+
+    exit_code = 2
+
+
+PEM_CERT = Check(
+    "a PEM certificate (-----BEGIN CERTIFICATE-----)",
+    lambda v: None if "-----BEGIN CERTIFICATE-----" in v else "is not a PEM certificate",
+)
+
+
+@dataclass(frozen=True)
+class EdgectlConfig:
+    """What cloudcore writes to DATA_DIR/edgectl.yaml (mode 0600)."""
+
+    server: str = setting(
+        "", "the cloud's operator API, https://HOST:10002", check=url("https", empty_ok=False)
+    )
+    token: str = setting("", "the admin bearer token (DATA_DIR/admin.token)", check=non_empty())
+    ca: str = setting("", "the cloud CA certificate, PEM", check=PEM_CERT)
+
+
+def load_ctl_config(path: Path) -> EdgectlConfig:
+    """Load and check edgectl's config; raises CtlConfigError naming the file and the key."""
+    try:
+        raw = load_yaml_file(path)
+        return from_dict(EdgectlConfig, raw, str(path))
+    except ConfigError as exc:
+        text = str(exc)
+        if text.startswith("cannot read config file"):
+            text += "; pass --config or set EDGECTL_CONFIG (cloudcore writes DATA_DIR/edgectl.yaml)"
+        raise CtlConfigError(text) from None
 
 
 class Client:
     def __init__(self, config_path: Path) -> None:
+        config = load_ctl_config(config_path)
+        self.server = config.server.rstrip("/")
+        self.token = config.token
         try:
-            raw = yaml.safe_load(config_path.read_text())
-        except OSError as exc:
-            raise CtlError(
-                f"cannot read edgectl config {config_path}: {exc.strerror}; pass "
-                "--config or set EDGECTL_CONFIG (cloudcore writes "
-                "DATA_DIR/edgectl.yaml)"
-            ) from None
-        except yaml.YAMLError as exc:
-            raise CtlError(f"{config_path} is not valid YAML: {exc}") from None
-        if not isinstance(raw, dict) or not {"server", "token", "ca"} <= set(raw):
-            raise CtlError(f"{config_path} needs keys server, token and ca")
-        self.server = str(raw["server"]).rstrip("/")
-        self.token = str(raw["token"])
-        with tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False) as fh:
-            fh.write(str(raw["ca"]))
-        try:
-            self.ctx = ssl.create_default_context(cafile=fh.name)
-        finally:
-            os.unlink(fh.name)
+            self.ctx = ssl.create_default_context(cadata=config.ca)
+        except (ssl.SSLError, ValueError) as exc:
+            raise CtlConfigError(f"{config_path}: ca: not a usable certificate: {exc}") from None
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -168,22 +204,44 @@ def cmd_node_delete(client: Client, args: argparse.Namespace) -> None:
 
 
 def _load_docs(path: str) -> list[Any]:
+    """The YAML documents of `path` (- for stdin); raises CtlConfigError naming the file.
+
+    Empty documents (a bare `---`) are skipped, but a file with no document at all
+    is refused: applying nothing is almost always a wrong path or an empty pipe.
+    """
+    name = "<stdin>" if path == "-" else path
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as exc:
-        raise CtlError(f"cannot read {path}: {exc.strerror}") from None
+        raise CtlConfigError(f"cannot read {name}: {exc.strerror}") from None
     try:
-        return [d for d in yaml.safe_load_all(text) if d is not None]
+        text = decode_text(data, name)
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except ConfigError as exc:
+        raise CtlConfigError(str(exc)) from None
     except yaml.YAMLError as exc:
-        raise CtlError(f"{path} is not valid YAML: {exc}") from None
+        raise CtlConfigError(f"{name}: {yaml_error_text(exc)}") from None
+    if not docs:
+        raise CtlConfigError(
+            f"{name}: holds no task document (empty, or only comments); nothing applied"
+        )
+    for index, doc in enumerate(docs, 1):
+        if not isinstance(doc, dict):
+            raise CtlConfigError(
+                f"{name}: document {index} is a {type(doc).__name__}, not a task mapping "
+                "(apiVersion, kind, metadata, spec); nothing applied"
+            )
+    return docs
 
 
 def cmd_task_apply(client: Client, args: argparse.Namespace) -> None:
     for doc in _load_docs(args.file):
         task = client.call("POST", "/api/v1/tasks", doc)
+        nodes = task["nodes"]
+        where = "placement still running" if nodes is None else f"{nodes} node(s)"
         print(
             f"task/{task['namespace']}/{task['name']} applied (generation "
-            f"{task['generation']}, {task['nodes']} node(s))"
+            f"{task['generation']}, {where})"
         )
 
 
@@ -299,8 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(Client(Path(config)), args)
     except CtlError as exc:
-        print(f"edgectl: {exc}", file=sys.stderr)
-        return 1
+        for line in str(exc).splitlines():
+            print(f"edgectl: {line}", file=sys.stderr)
+        return exc.exit_code
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -109,7 +110,11 @@ class LocalFleet:
             "api": {"port": 0, "listen": "127.0.0.1"},
             **(cloud_config or {}),
         }
-        self.edge_config = edge_config or {}
+        # A local fleet's tasks run as whoever runs the fleet (edgecore's `nobody`
+        # default for root could not reach this machine's Python under /root, say).
+        edge = dict(edge_config or {})
+        edge["runtime"] = {"run_as": pwd.getpwuid(os.geteuid()).pw_name, **edge.get("runtime", {})}
+        self.edge_config = edge
         self.cloud: Daemon | None = None
         self.edges: dict[str, Daemon] = {}
         self._client: Client | None = None

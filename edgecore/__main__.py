@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
-from shared.config import render_defaults
-from shared.daemon import run_daemon
-from shared.errors import EdgesyncError
+from shared.config import LOG_LEVELS, render_defaults
+from shared.daemon import print_error, run_daemon
+from shared.errors import ConfigError, EdgesyncError
 
 DEFAULT_DATA_DIR = "/var/lib/edgesync/edge"
 
@@ -64,7 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--config", type=Path, help="a config file instead of DATA_DIR/edgecore.yaml"
     )
-    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (overrides config)")
+    serve.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="DEBUG, INFO, WARNING or ERROR (overrides config)",
+    )
     args = parser.parse_args(argv)
 
     from edgecore.config import EdgeConfig, load_edge_config
@@ -80,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             node = do_join(args.cloud, args.token, Path(args.data_dir), _labels(args.label))
+        except ConfigError as exc:
+            print_error("edgecore join", exc)
+            return 2
         except EdgesyncError as exc:
-            print(f"edgecore join: {exc}", file=sys.stderr)
+            print_error("edgecore join", exc)
             return 1
         print(f"joined as node {node}; start it with: edgecore serve --data-dir {args.data_dir}")
         return 0
@@ -90,11 +100,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_edge_config(args.config, data_dir)
     except EdgesyncError as exc:
-        print(f"edgecore: {exc}", file=sys.stderr)
+        print_error("edgecore", exc)
         return 2
-    from edgecore.app import EdgeCore
+    from edgecore.config import CONFIG_NAME
+    from shared.files import ensure_private_files, secure_data_dir
 
-    return run_daemon("edgecore", args.log_level or config.log_level, EdgeCore(config).run())
+    def prepare() -> None:
+        secure_data_dir(config.data_path, [config.db_path])
+        ensure_private_files(
+            [config.data_path / "node.key", config.data_path / CONFIG_NAME], what="secret file"
+        )
+
+    def serve_() -> Coroutine[Any, Any, None]:
+        from edgecore.app import EdgeCore
+
+        return EdgeCore(config).run()
+
+    return run_daemon("edgecore", args.log_level or config.log_level, serve_, prepare)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgecore.config import RuntimeConfig
-from edgecore.runtime.command import RunOutcome, run_command
+from edgecore.runtime.command import RunOutcome, RunSettings, run_command
 from edgecore.store import EdgeStore, TaskObject
 from shared.clock import Clock
 from shared.dbthread import DbThread
 from shared.errors import ResourceError
 from shared.ids import new_ulid
 from shared.resources import Task, task_from_document
+from shared.runpolicy import run_limits
 from shared.triggers import next_due_ms
 
 log = logging.getLogger(__name__)
@@ -197,39 +198,81 @@ class LocalScheduler:
         now_ms: int,
         holder: dict[str, _Running],
     ) -> None:
+        """One run: record its start, run it, record its result, exactly once.
+
+        Whatever the runtime raises (apart from cancellation) ends the run as
+        `failed` with the real reason; it is never left `running`.
+        """
         try:
-            await self.db.run(self.store.start_run, task, run_id, now_ms)
+            try:
+                await self.db.run(self.store.start_run, task, run_id, now_ms)
+            except Exception as exc:
+                log.error(
+                    "%s: cannot record the start of run %s, not running it: %s",
+                    task.res,
+                    run_id,
+                    exc,
+                )
+                return
             self.on_outbox()
             log.info("running %s (generation %d, run %s)", task.res, task.generation, run_id)
             _, namespace, name = task.res.split("/")
-            workdir = self.data_dir / "work" / namespace / name
             env = {"EDGESYNC_NODE": self.node, "EDGESYNC_TASK": task.res, "EDGESYNC_RUN_ID": run_id}
+            report = True
             try:
                 outcome = await run_command(
                     spec.spec.command,
-                    workdir,
+                    self.data_dir,
+                    ("work", namespace, name),
                     env,
-                    self.config.output_tail_bytes,
-                    self.config.kill_grace,
+                    self._run_settings(spec),
                 )
-                report = True
             except asyncio.CancelledError:
                 me = holder.get("self")
                 reason = me.stop_reason if me and me.stop_reason else "stopped"
                 report = me.report if me else True
-                outcome = RunOutcome("failed", None, reason, "", "", 0)
-                await self._finish(run_id, outcome, report)
+                await self._finish(run_id, RunOutcome.refused(reason), report)
                 raise
+            except Exception as exc:
+                log.exception("%s run %s: the runtime failed", task.res, run_id)
+                outcome = RunOutcome.refused(
+                    f"edgecore could not run the task: {type(exc).__name__}: {exc}"
+                )
             await self._finish(run_id, outcome, report)
+            if outcome.phase == "failed" and outcome.exit_code is None:
+                log.warning("%s run %s failed: %s", task.res, run_id, outcome.error)
             log.info("%s run %s %s (exit %s)", task.res, run_id, outcome.phase, outcome.exit_code)
         finally:
             if self._running.get(task.res) is holder.get("self"):
                 del self._running[task.res]
             self._wake.set()
 
-    async def _finish(self, run_id: str, outcome: RunOutcome, report: bool) -> None:
-        await self.db.run(
-            self.store.finish_run, run_id, outcome.as_result(), self.clock.time_ms(), report
+    def _run_settings(self, task: Task) -> RunSettings:
+        config = self.config
+        limits = run_limits(
+            timeout=task.spec.command.timeout,
+            cpus=os.cpu_count() or 1,
+            open_files=config.max_open_files,
+            memory_mb=task.spec.resources.memory_mb or None,
+            default_memory_mb=config.default_memory_mb,
         )
+        return RunSettings(
+            tail_bytes=config.output_tail_bytes,
+            kill_grace=config.kill_grace,
+            allow_env=frozenset(config.allow_env),
+            run_as=config.run_as,
+            limits=limits,
+        )
+
+    async def _finish(self, run_id: str, outcome: RunOutcome, report: bool) -> None:
+        """Record the result (with its outbox row); a store failure is logged, not raised,
+        and the run is then reported as interrupted at the next start."""
+        try:
+            await self.db.run(
+                self.store.finish_run, run_id, outcome.as_result(), self.clock.time_ms(), report
+            )
+        except Exception as exc:
+            log.error("cannot record the result of run %s: %s", run_id, exc)
+            return
         if report:
             self.on_outbox()

@@ -19,6 +19,7 @@ meets them.
     │   └── JoinError               a join token or CSR was refused
     ├── PKIError                    certificate/key material is missing or invalid
     ├── ResourceError               an operator's resource document is invalid
+    ├── RunRefused                  the edge refused to start a run (env, workdir, user policy)
     ├── NotFound                    a named object does not exist
     ├── StoreError                  the database failed (disk full, locked, unreachable)
     └── LinkError                   the connection to the peer is gone
@@ -105,6 +106,12 @@ class PKIError(EdgesyncError):
 
 class ResourceError(EdgesyncError):
     """An operator-supplied resource (task YAML, etc.) is invalid; the message says which field."""
+
+
+class RunRefused(EdgesyncError):
+    """The edge refused to start a task run: an env variable, the workdir or the user to run
+    as breaks the node's policy. The run ends `failed` with this message; fix the task or
+    the node's `runtime.*` settings."""
 
 
 class NotFound(EdgesyncError):

@@ -12,6 +12,7 @@ PURE_MODULES = [
     "shared.protocol.framing",
     "shared.protocol.states",
     "shared.resources",
+    "shared.runpolicy",
     "shared.backoff",
     "shared.config",
     "shared.pki",
