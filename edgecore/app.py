@@ -11,9 +11,12 @@ from edgecore import sysinfo
 from edgecore.config import EdgeConfig
 from edgecore.link.client import Link
 from edgecore.link.websocket import client_context
+from edgecore.runtime import RuntimeRegistry
+from edgecore.runtime.command_runtime import CommandRuntime
 from edgecore.scheduler import LocalScheduler
 from edgecore.store import EdgeStore
 from shared import pki
+from shared.admission import Capacity
 from shared.clock import Clock, SystemClock
 from shared.dbthread import DbThread
 from shared.errors import ConfigError, PKIError
@@ -82,6 +85,8 @@ class EdgeCore:
             node,
             on_outbox=link.outbox_changed,
             link_up=link.connected.is_set,
+            runtimes=RuntimeRegistry([CommandRuntime(self.config.runtime)]),
+            capacity=Capacity.from_report(sysinfo.capacity()),
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

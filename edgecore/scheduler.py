@@ -1,8 +1,11 @@
 """The edge's local scheduler: runs this node's tasks by trigger and priority,
 whether or not the cloud is reachable (design.md, "Scheduling: Edge").
 
-It reads tasks from the local store (what the cloud last sent), starts due
-runs up to `max_concurrent`, and records each run's start and result with
+It holds the node's tasks in memory, refreshed only for the resources the link
+says changed (all of them after a resync), asks shared/triggers.py when each
+is due, admits due runs by priority within `max_concurrent` and the node's
+capacity (shared/admission.py), and hands each run to the runtime of its
+task kind (edgecore/runtime). Each run's start and result are recorded with
 their outbox rows; the link delivers them when it can.
 """
 
@@ -11,32 +14,51 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgecore.config import RuntimeConfig
-from edgecore.runtime.command import RunOutcome, RunSettings, run_command
+from edgecore.runtime import RunContext, RuntimeRegistry
+from edgecore.runtime.command import RunOutcome
 from edgecore.store import EdgeStore, TaskObject
+from shared.admission import Capacity, admits, never_fits
 from shared.clock import Clock
 from shared.dbthread import DbThread
 from shared.errors import ResourceError
 from shared.ids import new_ulid
 from shared.resources import Task, task_from_document
-from shared.runpolicy import run_limits
 from shared.triggers import next_due_ms
 
 log = logging.getLogger(__name__)
 
 PAUSED_RECHECK = 1.0
+ALL = "*"
+"""`desired_changed([ALL])`: everything may have changed (a resync completed)."""
 
 
 @dataclass
 class _Running:
     task: TaskObject
+    typed: Task | None
     run: asyncio.Task[None]
     stop_reason: str = ""
     report: bool = True
+
+
+@dataclass
+class _Held:
+    """A task this node holds: the stored object, its typed form, its run history."""
+
+    obj: TaskObject
+    typed: Task | None
+    """None: the document is not valid for this edgecore; `error` says why."""
+    error: str = ""
+    runs: int = 0
+    last_start_ms: int = 0
+    since_ms: int | None = None
+    """When this process first held the generation: cron counts from it."""
+    prepared: bool = False
 
 
 class LocalScheduler:
@@ -50,6 +72,8 @@ class LocalScheduler:
         node: str,
         on_outbox: Callable[[], None],
         link_up: Callable[[], bool],
+        runtimes: RuntimeRegistry,
+        capacity: Capacity | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -59,23 +83,23 @@ class LocalScheduler:
         self.node = node
         self.on_outbox = on_outbox
         self.link_up = link_up
+        self.runtimes = runtimes
+        self.capacity = capacity or Capacity(0, 0)
         self.max_concurrent = config.max_concurrent or os.cpu_count() or 1
         self._wake = asyncio.Event()
-        self._reload = True
-        self._tasks: dict[str, TaskObject] = {}
-        self._specs: dict[tuple[str, int], Task | None] = {}
-        self._since: dict[tuple[str, int], int] = {}
-        """When this process first held each (task, generation): cron counts from it."""
-        self._history: dict[tuple[str, int], tuple[int, int]] = {}
+        self._changed: set[str] = {ALL}
+        self._held: dict[str, _Held] = {}
         self._running: dict[str, _Running] = {}
+        self.loads = 0
+        """How many store reads refreshed tasks (a test checks a change reads only itself)."""
 
     @property
     def running_count(self) -> int:
         return len(self._running)
 
-    def desired_changed(self, resources: list[str]) -> None:
-        """The link applied new desired state: reload tasks."""
-        self._reload = True
+    def desired_changed(self, resources: Collection[str]) -> None:
+        """The link applied new desired state for these resources ([ALL]: for any)."""
+        self._changed.update(resources)
         self._wake.set()
 
     async def run(self) -> None:
@@ -88,9 +112,9 @@ class LocalScheduler:
         try:
             while True:
                 self._wake.clear()
-                if self._reload:
-                    self._reload = False
-                    await self._load()
+                if self._changed:
+                    changed, self._changed = self._changed, set()
+                    await self._refresh(None if ALL in changed else changed)
                 timeout = self._start_due()
                 if self._wake.is_set():
                     continue
@@ -100,24 +124,63 @@ class LocalScheduler:
                     pass
         finally:
             await self.stop_all("edgecore stopped while the task was running", report=True)
+            for held in self._held.values():
+                await self._release(held)
+            await self.runtimes.close()
 
     async def stop_all(self, reason: str, report: bool) -> None:
         for res in list(self._running):
             await self._stop(res, reason, report)
 
-    async def _load(self) -> None:
-        tasks = await self.db.run(self.store.tasks)
-        self._history = await self.db.run(self.store.run_history)
-        self._tasks = {t.res: t for t in tasks}
-        for res, running in list(self._running.items()):
-            current = self._tasks.get(res)
-            if current is None:
-                await self._stop(res, "stopped: the task was removed from this node", False)
-            elif (current.generation, current.epoch) != (
-                running.task.generation,
-                running.task.epoch,
-            ):
-                await self._stop(res, "stopped: the task was updated", True)
+    # ------------------------------------------------------------ holding tasks
+
+    async def _refresh(self, resources: set[str] | None) -> None:
+        """Re-read the changed tasks (None: all) and their run history; stop what changed."""
+        self.loads += 1
+        tasks = await self.db.run(self.store.tasks, resources)
+        history = await self.db.run(self.store.run_history, resources)
+        fresh = {t.res: t for t in tasks}
+        scope = set(self._held) | set(fresh) if resources is None else resources
+        for res in scope:
+            old, new = self._held.get(res), fresh.get(res)
+            if old is not None and new is not None and _same(old.obj, new):
+                old.obj = new
+                continue
+            if old is not None:
+                running = self._running.get(res)
+                if running is not None:
+                    if new is None:
+                        await self._stop(res, "stopped: the task was removed from this node", False)
+                    else:
+                        await self._stop(res, "stopped: the task was updated", True)
+                await self._release(old)
+                del self._held[res]
+            if new is not None:
+                runs, last = history.get((res, new.generation), (0, 0))
+                typed, error = self._decode(new)
+                self._held[res] = _Held(new, typed, error, runs, last)
+
+    def _decode(self, task: TaskObject) -> tuple[Task | None, str]:
+        try:
+            return task_from_document(task.document), ""
+        except ResourceError as exc:
+            log.error(
+                "task %s generation %d is invalid here, not running it: %s",
+                task.res,
+                task.generation,
+                exc,
+            )
+            return None, f"the task is not valid on this edgecore ({exc}); nothing was run"
+
+    async def _release(self, held: _Held) -> None:
+        if not held.prepared or held.typed is None:
+            return
+        runtime = self.runtimes.get(held.typed.task_kind)
+        if runtime is not None:
+            try:
+                await runtime.release(held.typed)
+            except Exception:
+                log.exception("%s: the %s runtime failed to release it", held.obj.res, runtime.kind)
 
     async def _stop(self, res: str, reason: str, report: bool) -> None:
         running = self._running.get(res)
@@ -130,79 +193,76 @@ class LocalScheduler:
         except asyncio.CancelledError:
             pass
 
-    def _spec(self, task: TaskObject) -> Task | None:
-        key = (task.res, task.generation)
-        if key not in self._specs:
-            try:
-                self._specs[key] = task_from_document(task.document)
-            except ResourceError as exc:
-                log.error(
-                    "task %s generation %d is invalid here, not running it: %s",
-                    task.res,
-                    task.generation,
-                    exc,
-                )
-                self._specs[key] = None
-        return self._specs[key]
+    # ------------------------------------------------------------ starting runs
 
     def _start_due(self) -> float | None:
         """Start what is due; returns seconds until the next thing may be due (None: never)."""
         now_ms = self.clock.time_ms()
-        due: list[tuple[int, TaskObject, Task]] = []
+        due: list[_Held] = []
         next_ms: int | None = None
         paused = False
-        for task in self._tasks.values():
-            typed = self._spec(task)
-            if typed is None or task.res in self._running:
+        for held in self._held.values():
+            typed = held.typed
+            if held.obj.res in self._running:
+                continue
+            if typed is None:
+                if held.runs == 0:
+                    self._launch(held, now_ms)  # one failed run tells the cloud why
                 continue
             if typed.spec.offline == "pause" and not self.link_up():
                 paused = True
                 continue
-            key = (task.res, task.generation)
-            count, last_start = self._history.get(key, (0, 0))
-            since = self._since.setdefault(key, now_ms)
+            if held.since_ms is None:
+                held.since_ms = now_ms
             at = next_due_ms(
-                typed.spec.trigger, runs=count, last_start_ms=last_start, since_ms=since
+                typed.spec.trigger,
+                runs=held.runs,
+                last_start_ms=held.last_start_ms,
+                since_ms=held.since_ms,
             )
             if at is None:
                 continue
             if at <= now_ms:
-                due.append((typed.spec.priority, task, typed))
+                due.append(held)
             else:
                 next_ms = at if next_ms is None else min(next_ms, at)
-        due.sort(key=lambda item: -item[0])
-        for _, task, spec in due:
+        due.sort(key=lambda h: -h.typed.spec.priority if h.typed else 0)
+        for held in due:
             if len(self._running) >= self.max_concurrent:
                 break
-            self._launch(task, spec, now_ms)
+            assert held.typed is not None
+            wanted = held.typed.spec.resources
+            running = [r.typed.spec.resources for r in self._running.values() if r.typed]
+            if never_fits(self.capacity, wanted) is None and not admits(
+                self.capacity, running, wanted
+            ):
+                continue  # waits for a running task to finish (that wakes the loop)
+            self._launch(held, now_ms)
         waits = [] if next_ms is None else [max(0.0, (next_ms - now_ms) / 1000)]
         if paused:
             waits.append(PAUSED_RECHECK)
         return min(waits) if waits else None
 
-    def _launch(self, task: TaskObject, spec: Task, now_ms: int) -> None:
+    def _launch(self, held: _Held, now_ms: int) -> None:
         run_id = new_ulid(now_ms)
-        count, _ = self._history.get((task.res, task.generation), (0, 0))
-        self._history[(task.res, task.generation)] = (count + 1, now_ms)
+        held.runs += 1
+        held.last_start_ms = now_ms
         holder: dict[str, _Running] = {}
+        task = held.obj
         run = asyncio.create_task(
-            self._execute(task, spec, run_id, now_ms, holder), name=f"run:{task.res}:{run_id}"
+            self._execute(held, run_id, now_ms, holder), name=f"run:{task.res}:{run_id}"
         )
-        holder["self"] = self._running[task.res] = _Running(task, run)
+        holder["self"] = self._running[task.res] = _Running(task, held.typed, run)
 
     async def _execute(
-        self,
-        task: TaskObject,
-        spec: Task,
-        run_id: str,
-        now_ms: int,
-        holder: dict[str, _Running],
+        self, held: _Held, run_id: str, now_ms: int, holder: dict[str, _Running]
     ) -> None:
         """One run: record its start, run it, record its result, exactly once.
 
         Whatever the runtime raises (apart from cancellation) ends the run as
         `failed` with the real reason; it is never left `running`.
         """
+        task, typed = held.obj, held.typed
         try:
             try:
                 await self.db.run(self.store.start_run, task, run_id, now_ms)
@@ -216,17 +276,12 @@ class LocalScheduler:
                 return
             self.on_outbox()
             log.info("running %s (generation %d, run %s)", task.res, task.generation, run_id)
-            _, namespace, name = task.res.split("/")
-            env = {"EDGESYNC_NODE": self.node, "EDGESYNC_TASK": task.res, "EDGESYNC_RUN_ID": run_id}
             report = True
             try:
-                outcome = await run_command(
-                    spec.spec.command,
-                    self.data_dir,
-                    ("work", namespace, name),
-                    env,
-                    self._run_settings(spec),
-                )
+                if typed is None:
+                    outcome = RunOutcome.refused(held.error)
+                else:
+                    outcome = await self._run(held, typed, run_id)
             except asyncio.CancelledError:
                 me = holder.get("self")
                 reason = me.stop_reason if me and me.stop_reason else "stopped"
@@ -247,22 +302,33 @@ class LocalScheduler:
                 del self._running[task.res]
             self._wake.set()
 
-    def _run_settings(self, task: Task) -> RunSettings:
-        config = self.config
-        limits = run_limits(
-            timeout=task.spec.command.timeout,
-            cpus=os.cpu_count() or 1,
-            open_files=config.max_open_files,
-            memory_mb=task.spec.resources.memory_mb or None,
-            default_memory_mb=config.default_memory_mb,
+    async def _run(self, held: _Held, typed: Task, run_id: str) -> RunOutcome:
+        """Admission's last word, the runtime's prepare (once per generation), then the run."""
+        kind = typed.task_kind
+        runtime = self.runtimes.get(kind)
+        if runtime is None:
+            return RunOutcome.refused(
+                f"this edgecore has no runtime for task kind {kind!r} (it runs: "
+                f"{', '.join(self.runtimes.kinds)}); upgrade edgecore on this node"
+            )
+        too_big = never_fits(self.capacity, typed.spec.resources)
+        if too_big is not None:
+            return RunOutcome.refused(too_big)
+        if not held.prepared:
+            await runtime.prepare(typed)
+            held.prepared = True
+        _, namespace, name = held.obj.res.split("/")
+        context = RunContext(
+            run_id=run_id,
+            data_dir=self.data_dir,
+            task_dir=("work", namespace, name),
+            env={
+                "EDGESYNC_NODE": self.node,
+                "EDGESYNC_TASK": held.obj.res,
+                "EDGESYNC_RUN_ID": run_id,
+            },
         )
-        return RunSettings(
-            tail_bytes=config.output_tail_bytes,
-            kill_grace=config.kill_grace,
-            allow_env=frozenset(config.allow_env),
-            run_as=config.run_as,
-            limits=limits,
-        )
+        return await runtime.run(typed, context)
 
     async def _finish(self, run_id: str, outcome: RunOutcome, report: bool) -> None:
         """Record the result (with its outbox row); a store failure is logged, not raised,
@@ -276,3 +342,7 @@ class LocalScheduler:
             return
         if report:
             self.on_outbox()
+
+
+def _same(a: TaskObject, b: TaskObject) -> bool:
+    return (a.generation, a.epoch) == (b.generation, b.epoch)

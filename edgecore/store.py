@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,9 +176,13 @@ class EdgeStore(SqlStore):
             conn.execute(sa.delete(objects))
             self._set(conn, "applied_rv", "0")
 
-    def tasks(self) -> list[TaskObject]:
+    def tasks(self, resources: Collection[str] | None = None) -> list[TaskObject]:
+        """The tasks this node holds; only those named in `resources` if given."""
+        query = sa.select(objects).where(objects.c.res.like("task/%"))
+        if resources is not None:
+            query = query.where(objects.c.res.in_(list(resources)))
         with self._tx("read tasks") as conn:
-            rows = conn.execute(sa.select(objects).where(objects.c.res.like("task/%"))).all()
+            rows = conn.execute(query).all()
         result = []
         for r in rows:
             body = r.body or {}
@@ -284,14 +288,17 @@ class EdgeStore(SqlStore):
             )
         return len(ids)
 
-    def run_history(self) -> dict[tuple[str, int], tuple[int, int]]:
+    def run_history(
+        self, resources: Collection[str] | None = None
+    ) -> dict[tuple[str, int], tuple[int, int]]:
         """(res, generation) -> (number of runs, last start ms): what the scheduler needs."""
+        query = sa.select(
+            runs.c.res, runs.c.generation, sa.func.count(), sa.func.max(runs.c.started_ms)
+        ).group_by(runs.c.res, runs.c.generation)
+        if resources is not None:
+            query = query.where(runs.c.res.in_(list(resources)))
         with self._tx("read run history") as conn:
-            rows = conn.execute(
-                sa.select(
-                    runs.c.res, runs.c.generation, sa.func.count(), sa.func.max(runs.c.started_ms)
-                ).group_by(runs.c.res, runs.c.generation)
-            ).all()
+            rows = conn.execute(query).all()
         return {(r[0], int(r[1])): (int(r[2]), int(r[3])) for r in rows}
 
     def runs_for(self, res: str) -> list[dict[str, Any]]:

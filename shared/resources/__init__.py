@@ -8,6 +8,8 @@ each resource kind has its own module.
 from shared.resources.common import API_VERSION, Metadata, validate_name
 from shared.resources.task import (
     CommandSpec,
+    CommandTaskSpec,
+    Resources,
     Task,
     TaskSpec,
     parse_task,
@@ -18,7 +20,9 @@ from shared.resources.task import (
 __all__ = [
     "API_VERSION",
     "CommandSpec",
+    "CommandTaskSpec",
     "Metadata",
+    "Resources",
     "Task",
     "TaskSpec",
     "parse_task",

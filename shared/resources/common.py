@@ -20,29 +20,38 @@ T = TypeVar("T")
 
 API_VERSION = "edgesync.io/v1"
 
+_PATTERN_WORDS: dict[str, str] = {}
+
+
+def pattern(regex: str, words: str, **meta: Any) -> msgspec.Meta:
+    """A string constraint whose error says `words` ("must be …"), not the regex."""
+    _PATTERN_WORDS[regex] = words
+    return msgspec.Meta(pattern=regex, description=words, **meta)
+
+
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$"
 Name = Annotated[
     str,
-    msgspec.Meta(
-        pattern=NAME_PATTERN,
-        description="lowercase letters, digits, '-' and '.'; 1-63 characters, "
+    pattern(
+        NAME_PATTERN,
+        "a name: lowercase letters, digits, '-' and '.'; 1-63 characters, "
         "starting and ending with a letter or digit",
         examples=["pi-kitchen"],
     ),
 ]
 LabelKey = Annotated[
     str,
-    msgspec.Meta(
-        pattern=r"^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$",
-        description="[prefix/]name as in Kubernetes labels, e.g. zone or edgesync.io/arch",
+    pattern(
+        r"^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$",
+        "a label key: [prefix/]name as in Kubernetes, e.g. zone or edgesync.io/arch",
         examples=["zone"],
     ),
 ]
 LabelValue = Annotated[
     str,
-    msgspec.Meta(
-        pattern=r"^(([A-Za-z0-9][A-Za-z0-9_.-]{0,61})?[A-Za-z0-9])?$",
-        description="empty, or up to 63 letters, digits, '-', '_' and '.'",
+    pattern(
+        r"^(([A-Za-z0-9][A-Za-z0-9_.-]{0,61})?[A-Za-z0-9])?$",
+        "a label value: empty, or up to 63 letters, digits, '-', '_' and '.'",
         examples=["lab"],
     ),
 ]
@@ -100,6 +109,8 @@ def _operator_message(message: str, what: str) -> str:
         key, where = " key", where.removeprefix("key` in `")
     path = where.rstrip("`").removeprefix("$").removeprefix(".")
     text = text[:1].lower() + text[1:]
+    for regex, words in _PATTERN_WORDS.items():
+        text = text.replace(f"expected `str` matching regex {regex!r}", f"must be {words}")
     return f"{path or what}{key}: {text}"
 
 

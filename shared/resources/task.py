@@ -38,21 +38,22 @@ from shared.resources.common import (
     Name,
     Struct,
     convert,
+    pattern,
     to_builtins,
 )
 
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=366 * 86400)]
 EnvKey = Annotated[
     str,
-    msgspec.Meta(
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
-        description="a portable environment variable name (letters, digits, '_')",
+    pattern(
+        r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
+        "a variable name: a letter or '_', then letters, digits and '_' (no '=')",
     ),
 ]
-EnvValue = Annotated[
-    str, msgspec.Meta(pattern=r"^[^\x00]*$", max_length=32768, description="no NUL bytes")
+EnvValue = Annotated[str, pattern(r"^[^\x00]*$", "free of NUL bytes", max_length=32768)]
+Arg = Annotated[
+    str, pattern(r"^[^\x00]+$", "a non-empty argument free of NUL bytes", max_length=4096)
 ]
-Arg = Annotated[str, msgspec.Meta(pattern=r"^[^\x00]+$", max_length=4096)]
 
 
 # ------------------------------------------------------------------ command
@@ -74,9 +75,10 @@ class CommandSpec(Struct, frozen=True):
     """Extra environment variables (the edge's policy may refuse some, docs/operations.md)."""
     workdir: Annotated[
         str,
-        msgspec.Meta(
-            pattern=r"^[^\x00]{0,255}$",
-            description="relative to the task's own directory in the edge data dir; no '..'",
+        pattern(
+            r"^[^\x00]{0,255}$",
+            "a relative path of at most 255 characters, free of NUL bytes (relative to the "
+            "task's own directory in the edge data dir; no '..')",
         ),
     ] = ""
 
@@ -263,6 +265,11 @@ class Task(Struct, frozen=True, kw_only=True):
     @property
     def key(self) -> str:
         return f"task/{self.metadata.namespace}/{self.metadata.name}"
+
+    @property
+    def task_kind(self) -> str:
+        """`spec.kind`: which runtime runs it (a tag, so not an attribute of the spec)."""
+        return str(self.spec.__struct_config__.tag)
 
 
 def parse_task(doc: Any) -> Task:

@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 
 from edgecore.config import RuntimeConfig
+from edgecore.runtime import RuntimeRegistry
 from edgecore.runtime.command import RunOutcome, RunSettings, run_command
+from edgecore.runtime.command_runtime import CommandRuntime
 from edgecore.scheduler import LocalScheduler
 from edgecore.store import EdgeStore
 from shared.clock import SystemClock
@@ -248,6 +250,7 @@ async def run_once(
         "n1",
         on_outbox=lambda: None,
         link_up=lambda: True,
+        runtimes=RuntimeRegistry([CommandRuntime(config)]),
     )
     loop = asyncio.create_task(scheduler.run())
     try:
@@ -271,9 +274,9 @@ def results_in_outbox(store: EdgeStore) -> list[dict[str, Any]]:
 @pytest.mark.parametrize(
     ("command", "reason"),
     [
-        ({"argv": ["true"], "env": {"A": "x\0y"}}, "spec.command.env.A: the value contains a NUL"),
-        ({"argv": ["true"], "env": {"A=B": "x"}}, "spec.command.env['A=B']: not a variable name"),
-        ({"argv": ["true"], "workdir": "a\0b"}, "spec.command.workdir: contains a NUL byte"),
+        ({"argv": ["true"], "env": {"A": "x\0y"}}, "spec.command.env[...]: must be free of NUL"),
+        ({"argv": ["true"], "env": {"A=B": "x"}}, "spec.command.env key: must be a variable name"),
+        ({"argv": ["true"], "workdir": "a\0b"}, "spec.command.workdir: must be a relative path"),
     ],
 )
 def test_bad_spec_from_the_cloud_ends_failed_with_its_reason_reported_once(
