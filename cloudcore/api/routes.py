@@ -250,6 +250,9 @@ class Api:
         except StoreError as exc:
             log.error("API %s %s: %s", request.method, request.path, exc)
             return _error(503, "store_unavailable", str(exc))
+        except Exception:  # a bug: say so in JSON, keep the details in the log
+            log.exception("API %s %s failed", request.method, request.path)
+            return _error(500, "internal", "cloudcore failed to answer; see its log")
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -329,28 +332,11 @@ class Api:
         return _json(s.Deleted(deleted=name))
 
     def _node_view(self, node: dict[str, Any], cls: type[Any]) -> Any:
+        """A node row as NodeView/NodeDetail, with what only the live session knows."""
         session = self.hub.sessions.get(node["name"])
         rtt = session.session.rtt if session is not None else None
-        extra = {}
-        if cls is s.NodeDetail:
-            extra["assignments"] = [_assignment(a) for a in node["assignments"]]
-        return cls(
-            name=node["name"],
-            state=node["state"],
-            reason=node["reason"],
-            connected=session is not None,
-            transport=node["transport"],
-            peer=node["peer"],
-            labels=node["labels"],
-            capacity=node["capacity"],
-            heartbeat=node["heartbeat"],
-            software=node["software"],
-            last_seen_ms=node["last_seen_ms"],
-            acked_rv=node["acked_rv"],
-            received_seq=node["received_seq"],
-            rtt_ms=round(rtt * 1000, 3) if rtt is not None else None,
-            **extra,
-        )
+        live = {"connected": session is not None, "rtt_ms": round(rtt * 1000, 3) if rtt else None}
+        return _view({**node, **live}, cls)
 
     async def create_token(self, request: web.Request) -> web.Response:
         body: s.TokenRequest = await self._body(request, s.TokenRequest, OPERATOR_BODY)
@@ -415,46 +401,20 @@ def _path_name(request: web.Request, part: str) -> str:
         raise NotFound(str(exc)) from None
 
 
-def _assignment(row: dict[str, Any]) -> s.Assignment:
-    return s.Assignment(
-        res=row["res"],
-        node=row["node"],
-        epoch=row["epoch"],
-        generation=row["generation"],
-        rv=row["rv"],
-        phase=row["phase"],
-        runs=row["runs"],
-        last_result=row["last_result"],
-        updated_ms=row["updated_ms"],
-    )
+def _view(row: dict[str, Any], cls: type[Any]) -> Any:
+    """A store row (and its nested rows) as a response struct; columns it does not
+    declare are left out, so a new column is never served by accident."""
+    return msgspec.convert(_plain(row), cls)
 
 
-def _result(row: dict[str, Any]) -> s.Result:
-    return s.Result(
-        id=row["id"],
-        node=row["node"],
-        seq=row["seq"],
-        res=row["res"],
-        run_id=row["run_id"],
-        epoch=row["epoch"],
-        generation=row["generation"],
-        phase=row["phase"],
-        stale=bool(row["stale"]),
-        body=row["body"],
-        received_ms=row["received_ms"],
-    )
+def _plain(value: Any) -> Any:
+    """Plain dicts with `str` keys: SQLAlchemy names columns with a str subclass."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _task_view(row: dict[str, Any], cls: type[Any]) -> Any:
-    extra = {}
-    if cls is s.TaskDetail:
-        extra["results"] = [_result(r) for r in row["results"]]
-    return cls(
-        namespace=row["namespace"],
-        name=row["name"],
-        generation=row["generation"],
-        document=row["document"],
-        updated_ms=row["updated_ms"],
-        assignments=[_assignment(a) for a in row.get("assignments", [])],
-        **extra,
-    )
+    return _view({"assignments": [], **row}, cls)
