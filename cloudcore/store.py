@@ -14,6 +14,9 @@ Schema (docs/protocol.md §6 explains the cursors):
   placed (with an epoch for fencing), and what happened.
 - join_tokens: hashed single-use join secrets.
 - counters: the global rv sequence.
+
+`metadata` is the model; the schema itself is made by the Alembic revisions in
+cloudcore/migrations/, and a test keeps the two equal.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from cloudcore import migrations
 from shared.errors import JoinError, NotFound
 from shared.pki import hash_token_secret, token_secret_matches
 from shared.protocol.messages import Envelope
@@ -186,8 +190,13 @@ class CloudStore(SqlStore):
         self.url = url
 
     def create_schema(self) -> None:
-        with self._tx("create schema") as conn:
-            metadata.create_all(conn)
+        """Create or upgrade the schema (Alembic, cloudcore/migrations), in one transaction.
+
+        Raises StoreError, leaving the database untouched, if a newer
+        cloudcore wrote it (an unknown revision).
+        """
+        with self._schema_tx("migrate the schema") as conn:
+            migrations.upgrade(conn, self.where)
             present = set(conn.execute(sa.select(counters.c.name)).scalars())
             for name in ("rv", "generation"):
                 if name not in present:

@@ -1,13 +1,11 @@
 """CloudStore against a real SQLite file and a real PostgreSQL database.
 
-PostgreSQL: EDGESYNC_TEST_PG_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/postgres).
-Each test module (per xdist worker) creates its own uniquely named database and drops it
-afterwards; each test starts from an empty schema.
+PostgreSQL: the `pg_database` fixture of conftest.py (EDGESYNC_TEST_PG_URL); each test
+starts from an empty schema, which `create_schema` migrates to the head revision.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,38 +21,13 @@ from cloudcore.store import (
     assignments,
     counters,
     desired,
-    metadata,
 )
 from shared.errors import JoinError, NotFound
 from shared.protocol.messages import Envelope, Op
+from tests.integration.conftest import empty_pg_schema
 
-PG_URL = os.environ.get(
-    "EDGESYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 NOW = 1_732_400_000_000
 HISTORY = 20
-
-
-@pytest.fixture(scope="module")
-def pg_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for this module; its SQLAlchemy URL."""
-    import psycopg
-
-    url = sa.engine.make_url(PG_URL)
-    admin_dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    try:
-        admin = psycopg.connect(admin_dsn, autocommit=True, connect_timeout=5)
-    except psycopg.Error as exc:
-        pytest.skip(
-            f"PostgreSQL at {url.render_as_string()} is unreachable: {str(exc).splitlines()[0]}"
-        )
-    name = f"edgesync_test_{uuid.uuid4().hex[:16]}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield url.set(database=name).render_as_string(hide_password=False)
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -63,9 +36,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CloudStore
         url = f"sqlite:///{tmp_path / 'cloud.db'}"
     else:
         url = request.getfixturevalue("pg_database")
-        engine = sa.create_engine(url)
-        metadata.drop_all(engine)  # start every test from an empty schema
-        engine.dispose()
+        empty_pg_schema(url)  # every test starts from an empty schema
     cloud_store = CloudStore(url)
     cloud_store.create_schema()
     try:

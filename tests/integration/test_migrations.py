@@ -1,0 +1,290 @@
+"""Schema migrations on both stores, against real SQLite files and a real PostgreSQL database.
+
+The fixtures under tests/fixtures/ were written by the stores of commit 1f63a07, before
+migrations existed (tests/fixtures/README.md); every test upgrades a copy.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from cloudcore import migrations
+from cloudcore.store import CloudStore, Placement, metadata
+from shared.errors import JoinError, StoreError
+from shared.protocol.messages import Envelope, Op
+from tests.integration.conftest import empty_pg_schema
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+NOW = 1_732_500_000_000
+FIXTURE_NOW = 1_732_400_000_000  # the clock of make_fixtures.py (join tokens last an hour)
+
+
+def schema_diff(url: str, model: sa.MetaData) -> list[Any]:
+    """What Alembic's autogenerate would change to make the database match `model`."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            return list(compare_metadata(context, model))
+    finally:
+        engine.dispose()
+
+
+def schema_of(url: str) -> dict[str, Any]:
+    """Tables, columns and indexes as the database reports them (to show nothing changed)."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            inspector = sa.inspect(conn)
+            return {
+                table: (
+                    [
+                        (c["name"], str(c["type"]), c["nullable"])
+                        for c in inspector.get_columns(table)
+                    ],
+                    sorted(i["name"] or "" for i in inspector.get_indexes(table)),
+                )
+                for table in sorted(inspector.get_table_names())
+            }
+    finally:
+        engine.dispose()
+
+
+def version_of(url: str) -> str | None:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return migrations.current_revision(conn)
+    finally:
+        engine.dispose()
+
+
+def execute(url: str, *statements: str) -> None:
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.execute(sa.text(statement))
+    finally:
+        engine.dispose()
+
+
+def alembic_upgrade(url: str, revision: str) -> None:
+    """Run Alembic itself (as a release at `revision` would have) on an empty database."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(migrations.alembic_config(conn), revision)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def cloud_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each dialect."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'cloud.db'}"
+    url: str = request.getfixturevalue("pg_database")
+    empty_pg_schema(url)
+    return url
+
+
+@pytest.fixture
+def cloud_store(cloud_url: str) -> Iterator[CloudStore]:
+    store = CloudStore(cloud_url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------- cloud: Alembic
+
+
+def test_migrated_schema_equals_the_model(cloud_store: CloudStore) -> None:
+    cloud_store.create_schema()
+
+    assert version_of(cloud_store.url) == migrations.head_revision()
+    # A change to `metadata` without a migration (or the reverse) fails here.
+    assert schema_diff(cloud_store.url, metadata) == []
+
+
+def test_the_model_check_sees_a_missing_migration(cloud_store: CloudStore) -> None:
+    """The check above is not vacuous: a column added to the model only is reported."""
+    cloud_store.create_schema()
+    model = sa.MetaData()
+    for table in metadata.tables.values():
+        table.to_metadata(model)
+    model.tables["nodes"].append_column(sa.Column("zone", sa.String(32), nullable=True))
+
+    diff = schema_diff(cloud_store.url, model)
+
+    assert [(d[0], d[2], d[3].name) for d in diff] == [("add_column", "nodes", "zone")]
+
+
+def test_create_schema_twice_changes_nothing(cloud_store: CloudStore) -> None:
+    cloud_store.create_schema()
+    cloud_store.register_node("n1", NOW)
+    before = schema_of(cloud_store.url)
+
+    cloud_store.create_schema()
+
+    assert schema_of(cloud_store.url) == before
+    assert [n["name"] for n in cloud_store.list_nodes()] == ["n1"]
+
+
+def test_a_database_from_a_newer_cloudcore_is_refused_untouched(cloud_store: CloudStore) -> None:
+    cloud_store.create_schema()
+    cloud_store.close()
+    execute(
+        cloud_store.url,
+        "UPDATE alembic_version SET version_num = '9001_from_the_future'",
+        "CREATE TABLE twins (id INTEGER PRIMARY KEY)",
+    )
+    before = schema_of(cloud_store.url)
+
+    newer = CloudStore(cloud_store.url)
+    try:
+        with pytest.raises(StoreError) as caught:
+            newer.create_schema()
+    finally:
+        newer.close()
+
+    message = str(caught.value)
+    assert "'9001_from_the_future'" in message and "upgrade cloudcore" in message
+    assert f"newest is {migrations.head_revision()!r}" in message
+    assert schema_of(cloud_store.url) == before
+    assert version_of(cloud_store.url) == "9001_from_the_future"
+
+
+def test_a_database_with_only_some_tables_is_refused(cloud_store: CloudStore) -> None:
+    execute(cloud_store.url, "CREATE TABLE nodes (name VARCHAR(63) PRIMARY KEY)")
+    before = schema_of(cloud_store.url)
+
+    with pytest.raises(StoreError, match=r"some of cloudcore's tables \(nodes\) but not all"):
+        cloud_store.create_schema()
+
+    assert schema_of(cloud_store.url) == before
+    assert version_of(cloud_store.url) is None
+
+
+@pytest.mark.parametrize("origin", ["alembic-0001", "pre-migration"])
+def test_a_baseline_database_is_upgraded_and_keeps_its_data(cloud_url: str, origin: str) -> None:
+    """A database made by revision 0001 through Alembic, or by the pre-migration code
+    (the same tables, no alembic_version), upgrades to the head and keeps its rows."""
+    alembic_upgrade(cloud_url, migrations.BASELINE)
+    if origin == "pre-migration":
+        execute(cloud_url, "DROP TABLE alembic_version")
+    execute(
+        cloud_url,
+        "INSERT INTO counters (name, value) VALUES ('rv', 7), ('generation', 3)",
+        "INSERT INTO nodes (name, state, reason, labels, capacity, heartbeat, software, "
+        "store_id, acked_rv, received_seq, resync_pending, joined_ms, last_seen_ms, "
+        "connected_ms, transport, peer) VALUES ('pi-1', 'Ready', 'connected', "
+        "'{\"zone\": \"a\"}', '{}', '{}', 'edgesync 0.1.0', 's1', 7, 2, false, 1, 2, 2, "
+        "'websocket', '127.0.0.1:1')",
+        "INSERT INTO tasks (namespace, name, document, generation, created_ms, updated_ms) "
+        "VALUES ('default', 'hello', '{\"metadata\": {\"name\": \"hello\"}}', 3, 1, 1)",
+        "INSERT INTO assignments (res, node, epoch, generation, rv, phase, runs, last_result, "
+        "updated_ms) VALUES ('task/default/hello', 'pi-1', 1, 3, 7, 'succeeded', 1, NULL, 1)",
+        "INSERT INTO results (node, seq, res, run_id, epoch, generation, phase, stale, body, "
+        "received_ms) VALUES ('pi-1', 2, 'task/default/hello', 'run-1', 1, 3, 'succeeded', "
+        'false, \'{"run_id": "run-1", "exit_code": 0}\', 5)',
+    )
+
+    store = CloudStore(cloud_url)
+    try:
+        store.create_schema()
+        assert version_of(cloud_url) == migrations.head_revision()
+        [node] = store.list_nodes()
+        assert (node["name"], node["labels"], node["acked_rv"]) == ("pi-1", {"zone": "a"}, 7)
+        task = store.get_task("default", "hello")
+        assert task["generation"] == 3 and task["assignments"][0]["phase"] == "succeeded"
+        assert [r["body"]["exit_code"] for r in store.results_for("task/default/hello")] == [0]
+        # The sequences continue where they were.
+        assert store.put_task("default", "hello", {"metadata": {"name": "hello"}, "v": 2}, NOW) == 4
+    finally:
+        store.close()
+    assert schema_diff(cloud_url, metadata) == []
+
+
+def test_the_cloud_fixture_from_1f63a07_upgrades_and_stays_usable(tmp_path: Path) -> None:
+    path = tmp_path / "cloud.db"
+    shutil.copyfile(FIXTURES / "cloud-1f63a07.db", path)
+    url = f"sqlite:///{path}"
+    assert version_of(url) is None  # written before migrations
+
+    store = CloudStore(url)
+    try:
+        store.create_schema()
+        assert version_of(url) == migrations.head_revision()
+        assert schema_diff(url, metadata) == []
+
+        nodes = {n["name"]: n for n in store.list_nodes()}
+        assert sorted(nodes) == ["pi-garage", "pi-kitchen"]
+        assert nodes["pi-garage"]["state"] == "NotReady"
+        assert nodes["pi-kitchen"]["labels"] == {"zone": "kitchen"}
+        assert nodes["pi-garage"]["received_seq"] == 4
+        garage = store.get_node("pi-garage")
+        assert sorted(a["res"] for a in garage["assignments"]) == [
+            "task/default/disk",
+            "task/default/hello",
+        ]
+        assert [t["name"] for t in store.list_tasks()] == ["disk", "hello"]
+        results = store.results_for("task/default/hello")
+        assert sorted(r["node"] for r in results) == ["pi-garage", "pi-kitchen"]
+        assert all(r["body"]["stdout_tail"] == "hi\n" for r in results)
+
+        # Tokens: the used one stays used, the open one can still be consumed once.
+        with pytest.raises(JoinError, match="already used"):
+            store.consume_join_token("tok-used", "secret-used", NOW)
+        assert (
+            store.consume_join_token("tok-open", "secret-open", FIXTURE_NOW + 60_000)
+            == "jetson-lab"
+        )
+
+        # The session cursors resume; a duplicate result is recognised, a new one applied.
+        start = store.node_connected(
+            "pi-garage",
+            store_id="store-pi-garage",
+            labels={"zone": "garage"},
+            capacity={},
+            software="edgesync 0.2.0",
+            applied_rv=3,
+            transport="websocket",
+            peer="127.0.0.1:1",
+            now_ms=NOW,
+        )
+        assert (start.received_seq, start.resync) == (4, False)
+        gen = int(store.get_task("default", "disk")["generation"])
+        body = {"run_id": "run-new", "generation": gen, "epoch": 1, "phase": "succeeded"}
+        outcomes = store.record_upstream(
+            "pi-garage",
+            [
+                Envelope(op=Op.RESULT, id="x4", ts=NOW, res="task/default/disk", seq=4, body=body),
+                Envelope(op=Op.RESULT, id="x5", ts=NOW, res="task/default/disk", seq=5, body=body),
+            ],
+            NOW,
+            20,
+        )
+        assert [o.verdict for o in outcomes] == ["duplicate", "applied"]
+
+        # New revisions continue above the old ones.
+        old_top = max(r.rv for n in nodes for r in store.desired_after(n, 0, 100))
+        written = store.apply_placements(
+            [Placement("task/default/disk", gen + 100, {"v": 2}, frozenset({"pi-garage"}))],
+            NOW,
+            tasks=["task/default/disk"],
+        )
+        assert [r.rv for r in written["pi-garage"]] == [old_top + 1]
+    finally:
+        store.close()
