@@ -6,6 +6,9 @@ at any instant leaves either both or neither (docs/protocol.md §6):
 - starting a run and queueing its `running` report;
 - finishing a run and queueing its result.
 
+The schema is made and upgraded by edgecore/migrations.py; `metadata` below is
+its newest version, and a test keeps the two equal.
+
 WAL mode with `synchronous=FULL`: a committed transaction survives power
 loss, which is what lets the edge ack the cloud right after commit.
 """
@@ -13,7 +16,6 @@ loss, which is what lets the edge ack the cloud right after commit.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +24,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from shared.errors import StoreError
+from edgecore.migrations import MIGRATIONS, NEWEST, Migration, migrate
 from shared.protocol.messages import Envelope, Op
 from shared.sqlstore import SqlStore
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = NEWEST
+"""The schema this edgecore writes (`meta.schema_version`); see edgecore/migrations.py."""
 
 metadata = sa.MetaData()
 
@@ -98,33 +101,26 @@ class TaskObject:
 class EdgeStore(SqlStore):
     """Synchronous repository; edgecore calls it from one dedicated DB thread."""
 
-    def __init__(self, path: Path, outbox_max_rows: int = 100_000) -> None:
+    def __init__(
+        self,
+        path: Path,
+        outbox_max_rows: int = 100_000,
+        *,
+        migrations: Sequence[Migration] = MIGRATIONS,
+    ) -> None:
         super().__init__(f"sqlite:///{path}", f"local store {path}", "FULL")
         self.path = path
         self.outbox_max_rows = outbox_max_rows
+        self._migrations = migrations
 
     def open(self) -> None:
-        """Create or upgrade the schema; give the store its identity on first use."""
-        with self._tx("create the schema") as conn:
-            # Refuse a newer store before touching it (SQLite DDL is not transactional here).
-            existing: dict[str, str] = {}
-            if sa.inspect(conn).has_table("meta"):
-                existing = {r.key: r.value for r in conn.execute(sa.select(meta))}
-            if int(existing.get("schema_version", "0")) > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path} was written by a newer edgecore (schema "
-                    f"{existing['schema_version']} > {SCHEMA_VERSION}); upgrade edgecore"
-                )
-            metadata.create_all(conn)
-            if "schema_version" not in existing:
-                conn.execute(
-                    sa.insert(meta),
-                    [
-                        {"key": "schema_version", "value": str(SCHEMA_VERSION)},
-                        {"key": "store_id", "value": uuid.uuid4().hex},
-                        {"key": "applied_rv", "value": "0"},
-                    ],
-                )
+        """Create or migrate the schema (edgecore/migrations.py) in one transaction.
+
+        Raises StoreError, leaving the file untouched, if a newer edgecore
+        wrote it or a migration step fails.
+        """
+        with self._schema_tx("open and migrate the store") as conn:
+            migrate(conn, self.path, self._migrations)
 
     def _get(self, conn: Connection, key: str) -> str:
         return str(conn.execute(sa.select(meta.c.value).where(meta.c.key == key)).scalar_one())

@@ -7,6 +7,7 @@ migrations existed (tests/fixtures/README.md); every test upgrades a copy.
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ from alembic.runtime.migration import MigrationContext
 
 from cloudcore import migrations
 from cloudcore.store import CloudStore, Placement, metadata
+from edgecore.migrations import MIGRATIONS, Migration, backup_path
+from edgecore.store import SCHEMA_VERSION, EdgeStore
+from edgecore.store import metadata as edge_metadata
 from shared.errors import JoinError, StoreError
 from shared.protocol.messages import Envelope, Op
 from tests.integration.conftest import empty_pg_schema
@@ -288,3 +292,116 @@ def test_the_cloud_fixture_from_1f63a07_upgrades_and_stays_usable(tmp_path: Path
         assert [r.rv for r in written["pi-garage"]] == [old_top + 1]
     finally:
         store.close()
+
+
+# ---------------------------------------------------------------- edge: the ordered list
+
+
+def dump(path: Path) -> list[str]:
+    """Every schema object and row of a SQLite file, as SQL (the stdlib driver)."""
+    conn = sqlite3.connect(path)
+    try:
+        return list(conn.iterdump())
+    finally:
+        conn.close()
+
+
+def edge_fixture(tmp_path: Path) -> Path:
+    path = tmp_path / "edge.db"
+    shutil.copyfile(FIXTURES / "edge-1f63a07.db", path)
+    return path
+
+
+def open_edge(path: Path, steps: tuple[Migration, ...] = MIGRATIONS) -> EdgeStore:
+    store = EdgeStore(path, migrations=steps)
+    try:
+        store.open()
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def add_devices(conn: Any) -> None:
+    conn.exec_driver_sql("CREATE TABLE devices (id INTEGER PRIMARY KEY)")
+
+
+def test_edge_schema_from_nothing_equals_the_model(tmp_path: Path) -> None:
+    path = tmp_path / "edge.db"
+    open_edge(path).close()
+
+    assert schema_diff(f"sqlite:///{path}", edge_metadata) == []
+    assert (
+        dump(path).count(f"INSERT INTO \"meta\" VALUES('schema_version','{SCHEMA_VERSION}');") == 1
+    )
+
+
+def test_a_failing_edge_migration_leaves_the_file_as_it_was(tmp_path: Path) -> None:
+    """All pending steps run in one transaction: DDL and rows of the steps that worked
+    are rolled back with the one that failed."""
+    path = edge_fixture(tmp_path)
+    open_edge(path).close()  # at the newest version; the next step is the failing one
+    before = dump(path)
+
+    def breaks_halfway(conn: Any) -> None:
+        conn.exec_driver_sql("CREATE TABLE twins (id INTEGER PRIMARY KEY)")
+        conn.exec_driver_sql("DROP TABLE runs")
+        conn.exec_driver_sql("ALTER TABLE objects ADD COLUMN zone TEXT")
+        conn.exec_driver_sql("DELETE FROM outbox")
+        conn.exec_driver_sql("CREATE TABLE objects (res TEXT)")  # already exists: fails
+
+    works = Migration(SCHEMA_VERSION + 1, "adds a table", False, add_devices)
+    fails = Migration(SCHEMA_VERSION + 2, "breaks halfway", False, breaks_halfway)
+
+    with pytest.raises(StoreError, match=r"open and migrate the store.*already exists"):
+        open_edge(path, (*MIGRATIONS, works, fails))
+
+    assert dump(path) == before
+    store = open_edge(path)  # today's code still opens it
+    try:
+        assert len(store.runs_for("task/default/hello")) == 3
+    finally:
+        store.close()
+
+
+def test_a_destructive_step_backs_up_the_file_first(tmp_path: Path) -> None:
+    path = edge_fixture(tmp_path)
+    open_edge(path).close()
+    before = dump(path)
+    seen: list[bool] = []
+
+    def rebuild_runs(conn: Any) -> None:
+        seen.append(backup_path(path, SCHEMA_VERSION).exists())  # the copy exists already
+        conn.exec_driver_sql("DROP TABLE runs")
+
+    step = Migration(SCHEMA_VERSION + 1, "drops runs", True, rebuild_runs)
+    open_edge(path, (*MIGRATIONS, step)).close()
+
+    copy = backup_path(path, SCHEMA_VERSION)
+    assert seen == [True]
+    assert copy.name == f"edge.db.schema-{SCHEMA_VERSION}.bak"
+    assert dump(copy) == before  # the file as it was before the step
+    assert copy.stat().st_mode & 0o777 == 0o600
+    assert not any("CREATE TABLE runs" in line for line in dump(path))
+
+
+def backups(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".bak"))
+
+
+def test_no_backup_without_a_destructive_step_or_for_a_new_file(tmp_path: Path) -> None:
+    path = edge_fixture(tmp_path)
+    open_edge(path).close()
+    for name in backups(tmp_path):  # made by today's own destructive steps, if any
+        (tmp_path / name).unlink()
+    step = Migration(SCHEMA_VERSION + 1, "adds a table", False, add_devices)
+    open_edge(path, (*MIGRATIONS, step)).close()
+    open_edge(tmp_path / "fresh.db").close()
+
+    assert backups(tmp_path) == []
+
+
+def test_steps_must_be_numbered_in_order(tmp_path: Path) -> None:
+    gap = Migration(SCHEMA_VERSION + 2, "skips a number", False, lambda c: None)
+    with pytest.raises(ValueError, match=r"numbered 1\.\.n"):
+        open_edge(tmp_path / "edge.db", (*MIGRATIONS, gap))
