@@ -74,9 +74,46 @@ def _v1_baseline(conn: Connection) -> None:
     )
 
 
+def _v2_outbox_classes(conn: Connection) -> None:
+    """Outbox rows get a class and its priority (shared/outbox.py), the row count moves to
+    meta.outbox_rows, kept incrementally. The table is rebuilt (SQLite cannot change a
+    column in place), keeping every row, its seq, and the AUTOINCREMENT high-water mark
+    so acked numbers are never handed out again. 1f63a07's kinds: `result` stays a
+    result, `status` (and anything else) becomes the droppable `status` class."""
+    top = conn.exec_driver_sql("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").scalar()
+    conn.exec_driver_sql(
+        "CREATE TABLE outbox_v2 (seq INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, "
+        "op VARCHAR(16) NOT NULL, res VARCHAR(200) NOT NULL, cls VARCHAR(16) NOT NULL, "
+        "priority INTEGER NOT NULL, body JSON NOT NULL, created_ms BIGINT NOT NULL)"
+    )
+    conn.exec_driver_sql(
+        "INSERT INTO outbox_v2 (seq, op, res, cls, priority, body, created_ms) "
+        "SELECT seq, op, res, "
+        "CASE kind WHEN 'result' THEN 'result' ELSE 'status' END, "
+        "CASE kind WHEN 'result' THEN 3 ELSE 1 END, "
+        "body, created_ms FROM outbox ORDER BY seq"
+    )
+    copied = conn.exec_driver_sql("SELECT COUNT(*), MAX(seq) FROM outbox_v2").one()
+    conn.exec_driver_sql("DROP TABLE outbox")
+    conn.exec_driver_sql("ALTER TABLE outbox_v2 RENAME TO outbox")
+    conn.exec_driver_sql("DELETE FROM sqlite_sequence WHERE name IN ('outbox', 'outbox_v2')")
+    high = max(int(top or 0), int(copied[1] or 0))
+    if high:
+        conn.exec_driver_sql(
+            "INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (high,)
+        )
+    conn.exec_driver_sql("CREATE INDEX ix_outbox_priority_seq ON outbox (priority, seq)")
+    conn.exec_driver_sql("CREATE INDEX ix_outbox_cls_res ON outbox (cls, res)")
+    conn.exec_driver_sql(
+        "INSERT INTO meta (key, value) VALUES ('outbox_rows', ?)", (str(int(copied[0])),)
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "baseline: meta, objects, outbox, runs", False, _v1_baseline),
-)
+    Migration(2, "outbox rows get a class and priority; incremental row count", True,
+              _v2_outbox_classes),
+)  # fmt: skip
 
 
 def check_steps(steps: Sequence[Migration]) -> int:

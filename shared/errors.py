@@ -21,6 +21,7 @@ meets them.
     ├── ResourceError               an operator's resource document is invalid
     ├── NotFound                    a named object does not exist
     ├── StoreError                  the database failed (disk full, locked, unreachable)
+    │   └── OutboxFull              the edge outbox is at its bound with rows it may not drop
     └── LinkError                   the connection to the peer is gone
         ├── LinkClosed              we closed it (ClosedResourceError in trio terms)
         └── LinkBroken              the network or the peer broke it (retry with backoff)
@@ -113,6 +114,12 @@ class NotFound(EdgesyncError):
 
 class StoreError(EdgesyncError):
     """The database failed: disk full, locked, unreachable or corrupt."""
+
+
+class OutboxFull(StoreError):
+    """The edge outbox holds `outbox_max_rows` rows that may not be dropped (results, twin
+    reports): nothing was enqueued. The cloud has been unreachable for long; raise the
+    bound (disk permitting) or restore the link."""
 
 
 class LinkError(EdgesyncError):

@@ -6,6 +6,7 @@ migrations existed (tests/fixtures/README.md); every test upgrades a copy.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -21,9 +22,10 @@ from alembic.runtime.migration import MigrationContext
 from cloudcore import migrations
 from cloudcore.store import CloudStore, Placement, metadata
 from edgecore.migrations import MIGRATIONS, Migration, backup_path
-from edgecore.store import SCHEMA_VERSION, EdgeStore
+from edgecore.store import SCHEMA_VERSION, EdgeStore, OutboxItem
 from edgecore.store import metadata as edge_metadata
 from shared.errors import JoinError, StoreError
+from shared.outbox import OutboxClass
 from shared.protocol.messages import Envelope, Op
 from tests.integration.conftest import empty_pg_schema
 
@@ -405,3 +407,75 @@ def test_steps_must_be_numbered_in_order(tmp_path: Path) -> None:
     gap = Migration(SCHEMA_VERSION + 2, "skips a number", False, lambda c: None)
     with pytest.raises(ValueError, match=r"numbered 1\.\.n"):
         open_edge(tmp_path / "edge.db", (*MIGRATIONS, gap))
+
+
+def test_the_edge_fixture_from_1f63a07_migrates_and_stays_usable(tmp_path: Path) -> None:
+    path = edge_fixture(tmp_path)
+    old = sqlite3.connect(path)
+    try:
+        old_outbox = old.execute(
+            "SELECT seq, op, res, kind, body FROM outbox ORDER BY seq"
+        ).fetchall()
+        old_store_id = old.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0]
+    finally:
+        old.close()
+    before = dump(path)
+    assert [row[3] for row in old_outbox] == ["result", "status"] * 3
+
+    store = open_edge(path)
+    try:
+        # Upgrading past the outbox rebuild (destructive) left a copy of the old file.
+        assert dump(backup_path(path, 1)) == before
+        assert schema_diff(f"sqlite:///{path}", edge_metadata) == []
+        assert store.identity() == (old_store_id, 6)
+
+        # Every row, in order, with its seq; 1f63a07's kinds mapped to classes.
+        rows = store.outbox_after(0, 100)
+        assert [(r.seq, r.op.value, r.res) for r in rows] == [
+            (s, o, r) for s, o, r, _, _ in old_outbox
+        ]
+        assert [r.cls.value for r in rows] == [k for *_, k, _ in old_outbox]
+        assert [r.body for r in rows] == [json.loads(b) for *_, b in old_outbox]
+        assert store.outbox_size() == 6
+
+        # Desired state and runs are readable through the store.
+        assert sorted(t.res for t in store.tasks()) == ["task/default/disk", "task/default/hello"]
+        history = store.run_history()
+        assert sum(n for n, _ in history.values()) == 5
+        assert store.recover_interrupted_runs(NOW) == 1  # run-open was cut by the upgrade
+
+        # New rows continue the old numbering (seqs 1-3 were acked before the upgrade).
+        store.enqueue([OutboxItem(Op.REPORT, "device/default/d", OutboxClass.TELEMETRY, {})], NOW)
+        seqs = [r.seq for r in store.outbox_after(0, 100)]
+        assert seqs == [4, 5, 6, 7, 8, 9, 10, 11]  # 10: run-open's result, 11: the telemetry
+        store.outbox_acked(9)
+        assert store.outbox_size() == 2
+    finally:
+        store.close()
+    assert version_of_edge(path) == SCHEMA_VERSION
+
+
+def version_of_edge(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(
+            conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        )
+    finally:
+        conn.close()
+
+
+def test_an_acked_empty_outbox_keeps_its_numbering_through_the_rebuild(tmp_path: Path) -> None:
+    path = edge_fixture(tmp_path)
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("DELETE FROM outbox")  # everything acked: only sqlite_sequence remembers 9
+    conn.close()
+
+    store = open_edge(path)
+    try:
+        assert store.outbox_size() == 0
+        store.enqueue([OutboxItem(Op.REPORT, "device/default/d", OutboxClass.TELEMETRY, {})], NOW)
+        assert [r.seq for r in store.outbox_after(0, 10)] == [10]
+    finally:
+        store.close()

@@ -15,6 +15,7 @@ PURE_MODULES = [
     "shared.backoff",
     "shared.config",
     "shared.pki",
+    "shared.outbox",
 ]
 FORBIDDEN = ["asyncio", "websockets", "aioquic", "sqlalchemy", "paho", "aiohttp"]
 
