@@ -201,7 +201,7 @@ def test_a_baseline_database_is_upgraded_and_keeps_its_data(cloud_url: str, orig
         "INSERT INTO tasks (namespace, name, document, generation, created_ms, updated_ms) "
         "VALUES ('default', 'hello', '{\"metadata\": {\"name\": \"hello\"}}', 3, 1, 1)",
         "INSERT INTO assignments (res, node, epoch, generation, rv, phase, runs, last_result, "
-        "updated_ms) VALUES ('task/default/hello', 'pi-1', 1, 3, 7, 'succeeded', 1, NULL, 1)",
+        "updated_ms) VALUES ('task/default/hello', 'pi-1', 5, 3, 7, 'succeeded', 1, NULL, 1)",
         "INSERT INTO results (node, seq, res, run_id, epoch, generation, phase, stale, body, "
         "received_ms) VALUES ('pi-1', 2, 'task/default/hello', 'run-1', 1, 3, 'succeeded', "
         'false, \'{"run_id": "run-1", "exit_code": 0}\', 5)',
@@ -216,8 +216,13 @@ def test_a_baseline_database_is_upgraded_and_keeps_its_data(cloud_url: str, orig
         task = store.get_task("default", "hello")
         assert task["generation"] == 3 and task["assignments"][0]["phase"] == "succeeded"
         assert [r["body"]["exit_code"] for r in store.results_for("task/default/hello")] == [0]
-        # The sequences continue where they were.
+        # The sequences continue where they were; epochs start above every one in use.
         assert store.put_task("default", "hello", {"metadata": {"name": "hello"}, "v": 2}, NOW) == 4
+        written = store.apply_placements(
+            [Placement("task/default/hello", 4, {"v": 2}, frozenset({"pi-1", "pi-2"}))], NOW
+        )
+        epochs = {n: rows[0].body["epoch"] for n, rows in written.items() if rows[0].body}
+        assert epochs == {"pi-1": 5, "pi-2": 6}  # pi-1 keeps its epoch, pi-2 gets a new one
     finally:
         store.close()
     assert schema_diff(cloud_url, metadata) == []
@@ -292,6 +297,28 @@ def test_the_cloud_fixture_from_1f63a07_upgrades_and_stays_usable(tmp_path: Path
             tasks=["task/default/disk"],
         )
         assert [r.rv for r in written["pi-garage"]] == [old_top + 1]
+        # Fencing epochs (revision 0002) continue above the fixture's epoch 1.
+        gen_hello = int(store.get_task("default", "hello")["generation"])
+        moved = store.apply_placements(
+            [
+                Placement(
+                    "task/default/hello", gen_hello, {}, frozenset({"pi-kitchen", "jetson-lab"})
+                )
+            ],
+            NOW,
+            tasks=["task/default/hello"],
+        )
+        assert [r.op for r in moved["pi-garage"]] == ["delete"]
+        [new] = moved["jetson-lab"]
+        assert new.body is not None and new.body["epoch"] == 2
+        late = {"run_id": "late", "generation": gen_hello, "epoch": 1, "phase": "succeeded"}
+        [outcome] = store.record_upstream(
+            "pi-garage",
+            [Envelope(op=Op.RESULT, id="x6", ts=NOW, res="task/default/hello", seq=6, body=late)],
+            NOW,
+            20,
+        )
+        assert outcome.verdict == "stale"
     finally:
         store.close()
 

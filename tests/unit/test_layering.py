@@ -16,6 +16,7 @@ PURE_MODULES = [
     "shared.config",
     "shared.pki",
     "shared.outbox",
+    "shared.fencing",
 ]
 FORBIDDEN = ["asyncio", "websockets", "aioquic", "sqlalchemy", "paho", "aiohttp"]
 
