@@ -258,7 +258,12 @@ class EdgeStore(SqlStore):
         self._count(effects)
 
     def _enqueue(
-        self, conn: Connection, items: Sequence[OutboxItem], now_ms: int
+        self,
+        conn: Connection,
+        items: Sequence[OutboxItem],
+        now_ms: int,
+        *,
+        may_exceed: bool = False,
     ) -> tuple[dict[OutboxClass, int], int]:
         """Insert rows, coalesce twin reports, apply the bound; returns (dropped, coalesced).
 
@@ -268,7 +273,9 @@ class EdgeStore(SqlStore):
         (shared.outbox.twin_report_supersedes). At the bound, the victims are
         chosen by shared.outbox.outbox_victims; if not enough rows may be
         dropped, OutboxFull is raised and the caller's transaction (with the
-        state change the rows belong to) rolls back.
+        state change the rows belong to) rolls back, unless `may_exceed`: then
+        the rows are queued above the bound (recovery at start only, where a
+        refusal would keep edgecore from starting and so from draining).
         """
         count = int(self._get(conn, OUTBOX_ROWS))
         coalesced = 0
@@ -319,7 +326,14 @@ class EdgeStore(SqlStore):
                 self.outbox_max_rows,
                 [Candidate(int(r.seq), OutboxClass(r.cls)) for r in rows],
             )
-            if victims.short:
+            if victims.short and may_exceed:
+                log.warning(
+                    "outbox above its bound of %d rows: queued %d row(s) that may not be "
+                    "dropped anyway (recovery at start)",
+                    self.outbox_max_rows,
+                    victims.short,
+                )
+            elif victims.short:
                 self.outbox_metrics.refused += len(items)
                 raise OutboxFull(
                     f"{self.where}: the outbox is full: {self.outbox_max_rows} rows that are "
@@ -330,14 +344,15 @@ class EdgeStore(SqlStore):
             by_seq = {int(r.seq): OutboxClass(r.cls) for r in rows}
             for seq in victims.drop:
                 dropped[by_seq[seq]] = dropped.get(by_seq[seq], 0) + 1
-            conn.execute(sa.delete(outbox).where(outbox.c.seq.in_(victims.drop)))
-            count -= len(victims.drop)
-            log.warning(
-                "outbox above %d rows: dropped the %d oldest droppable rows (%s)",
-                self.outbox_max_rows,
-                len(victims.drop),
-                ", ".join(f"{c.value} {n}" for c, n in sorted(dropped.items())),
-            )
+            if victims.drop:
+                conn.execute(sa.delete(outbox).where(outbox.c.seq.in_(victims.drop)))
+                count -= len(victims.drop)
+                log.warning(
+                    "outbox above %d rows: dropped the %d oldest droppable rows (%s)",
+                    self.outbox_max_rows,
+                    len(victims.drop),
+                    ", ".join(f"{c.value} {n}" for c, n in sorted(dropped.items())),
+                )
         self._set(conn, OUTBOX_ROWS, str(count))
         return dropped, coalesced
 
@@ -374,9 +389,19 @@ class EdgeStore(SqlStore):
         self._count(effects)
 
     def finish_run(
-        self, run_id: str, result: dict[str, Any], now_ms: int, report: bool = True
+        self,
+        run_id: str,
+        result: dict[str, Any],
+        now_ms: int,
+        report: bool = True,
+        *,
+        may_exceed: bool = False,
     ) -> None:
-        """Record a run's outcome and queue its result (if `report`), atomically."""
+        """Record a run's outcome and queue its result (if `report`), atomically.
+
+        Raises OutboxFull (nothing recorded) if the outbox is at its bound with
+        rows that may not be dropped, unless `may_exceed` (see `_enqueue`).
+        """
         with self._tx("record a run result") as conn:
             row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).one()
             body = {
@@ -395,13 +420,18 @@ class EdgeStore(SqlStore):
             effects: tuple[dict[OutboxClass, int], int] = ({}, 0)
             if report:
                 effects = self._enqueue(
-                    conn, [OutboxItem(Op.RESULT, str(row.res), OutboxClass.RESULT, body)], now_ms
+                    conn,
+                    [OutboxItem(Op.RESULT, str(row.res), OutboxClass.RESULT, body)],
+                    now_ms,
+                    may_exceed=may_exceed,
                 )
         self._count(effects)
 
     def recover_interrupted_runs(self, now_ms: int) -> int:
         """Runs left `running` by a crash or power cut fail with a clear reason (not re-run:
-        a command may not be safe to repeat)."""
+        a command may not be safe to repeat). Their results are queued even above the
+        outbox bound: at most one per run that was in progress, and refusing them would
+        stop edgecore from starting, and so from ever draining the outbox."""
         with self._tx("list interrupted runs") as conn:
             ids = [
                 r.run_id
@@ -418,6 +448,7 @@ class EdgeStore(SqlStore):
                     "stderr_tail": "",
                 },
                 now_ms,
+                may_exceed=True,
             )
         return len(ids)
 

@@ -534,3 +534,29 @@ def test_disk_full_while_starting_a_run_queues_nothing(store: EdgeStore) -> None
     assert 0 < len(runs) < 500
     assert [r["run_id"] for r in runs] == [r[3] for r in reports]  # pairs, never halves
     assert snapshot(store)[:2] == before[:2]
+
+
+def test_recovery_at_start_queues_its_results_even_above_the_bound(db_path: Path) -> None:
+    """An outbox full of results must not keep edgecore from starting (and so from ever
+    draining it): the failed results of interrupted runs go in above the bound."""
+    store = EdgeStore(db_path, outbox_max_rows=2)
+    store.open()
+    for name in "ab":
+        store.start_run(task(f"task/default/{name}"), f"run-{name}", 0)
+        store.finish_run(f"run-{name}", {"phase": "succeeded"}, 1)
+    store.start_run(task(B), "cut", 2)  # its status row is dropped; the outbox stays full
+    with pytest.raises(OutboxFull):
+        store.finish_run("cut", {"phase": "succeeded"}, 3)
+
+    again = reopen(store, outbox_max_rows=2)  # as after a power cut
+    try:
+        assert again.recover_interrupted_runs(4) == 1
+        assert classes(again) == [
+            ("result", "run-a"),
+            ("result", "run-b"),
+            ("result", "cut"),
+        ]
+        assert again.outbox_size() == real_count(again) == 3
+        assert again.outbox_metrics.refused == 0
+    finally:
+        again.close()

@@ -228,6 +228,28 @@ def test_a_baseline_database_is_upgraded_and_keeps_its_data(cloud_url: str, orig
     assert schema_diff(cloud_url, metadata) == []
 
 
+def test_a_failing_cloud_migration_leaves_sqlite_as_it_was(tmp_path: Path) -> None:
+    """Stamping and every revision run in one transaction, also on SQLite (where the
+    driver would otherwise commit each DDL statement by itself)."""
+    path = tmp_path / "cloud.db"
+    shutil.copyfile(FIXTURES / "cloud-1f63a07.db", path)
+    conn = sqlite3.connect(path)
+    with conn:  # a column revision 0002 adds: its ALTER fails for real
+        conn.execute("ALTER TABLE assignments ADD COLUMN revoked_ms BIGINT")
+    conn.close()
+    before = dump(path)
+
+    store = CloudStore(f"sqlite:///{path}")
+    try:
+        with pytest.raises(StoreError, match=r"migrate the schema.*revoked_ms"):
+            store.create_schema()
+    finally:
+        store.close()
+
+    assert dump(path) == before  # not even the stamp of revision 0001 stayed
+    assert version_of(f"sqlite:///{path}") is None
+
+
 def test_the_cloud_fixture_from_1f63a07_upgrades_and_stays_usable(tmp_path: Path) -> None:
     path = tmp_path / "cloud.db"
     shutil.copyfile(FIXTURES / "cloud-1f63a07.db", path)
