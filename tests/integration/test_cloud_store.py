@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from cloudcore import scheduler
 from cloudcore.store import (
     LIVE,
     CloudStore,
@@ -450,7 +449,9 @@ def test_progress_for_many_nodes_is_one_batch(placed: CloudStore) -> None:
 
 
 def pinned_task(store: CloudStore, name: str, node: str, now: int) -> None:
-    """Save a real task document pinned to `node`, and place it with the real scheduler."""
+    """Save a task document pinned to `node` and apply its placement: a pinned task goes
+    to exactly its pinned node (the scheduler's decision, written out here so this test
+    of the store does not depend on the scheduler's interface)."""
     document = {
         "apiVersion": "edgesync.io/v1",
         "kind": "Task",
@@ -462,9 +463,9 @@ def pinned_task(store: CloudStore, name: str, node: str, now: int) -> None:
             "placement": {"nodes": [node]},
         },
     }
-    store.put_task("default", name, document, now)
-    task_rows, node_rows = store.scheduling_inputs()
-    store.apply_placements(scheduler.place(task_rows, node_rows), now)
+    generation = store.put_task("default", name, document, now)
+    placement = Placement(f"task/default/{name}", generation, document, frozenset({node}))
+    store.apply_placements([placement], now, tasks=[placement.res])
 
 
 def epoch_sent(store: CloudStore, node: str, res: str) -> int:
