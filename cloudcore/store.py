@@ -11,9 +11,13 @@ Schema (docs/protocol.md §6 explains the cursors):
 - desired: the per-node desired-state log, compacted: one row per
   (node, resource) holding its latest rv; deletes are tombstones.
 - tasks / assignments / results: what operators asked for, where it was
-  placed (with an epoch for fencing), and what happened.
+  placed (with an epoch for fencing, from the cloud-wide `epoch` counter;
+  revoked assignments stay as tombstones), and what happened.
 - join_tokens: hashed single-use join secrets.
 - counters: the global rv sequence.
+
+`metadata` is the model; the schema itself is made by the Alembic revisions in
+cloudcore/migrations/, and a test keeps the two equal.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from cloudcore import migrations
 from shared.errors import JoinError, NotFound
+from shared.fencing import Assignment, Verdict, upstream_verdict
 from shared.pki import hash_token_secret, token_secret_matches
 from shared.protocol.messages import Envelope
 from shared.sqlstore import SqlStore
@@ -92,8 +98,14 @@ assignments = sa.Table(
     sa.Column("runs", sa.BigInteger, nullable=False, default=0),
     sa.Column("last_result", sa.JSON, nullable=True),
     sa.Column("updated_ms", sa.BigInteger, nullable=False),
+    # Set: a tombstone. The task was moved off (or deleted on) this node; the row keeps its
+    # epoch so a late message from the node is judged stale, not forbidden (shared/fencing.py).
+    sa.Column("revoked_ms", sa.BigInteger, nullable=True),
     sa.Index("ix_assignments_node_rv", "node", "rv"),
 )
+
+LIVE = assignments.c.revoked_ms.is_(None)
+"""Assignments that are not tombstones."""
 
 results = sa.Table(
     "results",
@@ -186,10 +198,15 @@ class CloudStore(SqlStore):
         self.url = url
 
     def create_schema(self) -> None:
-        with self._tx("create schema") as conn:
-            metadata.create_all(conn)
+        """Create or upgrade the schema (Alembic, cloudcore/migrations), in one transaction.
+
+        Raises StoreError, leaving the database untouched, if a newer
+        cloudcore wrote it (an unknown revision).
+        """
+        with self._schema_tx("migrate the schema") as conn:
+            migrations.upgrade(conn, self.where)
             present = set(conn.execute(sa.select(counters.c.name)).scalars())
-            for name in ("rv", "generation"):
+            for name in ("rv", "generation", "epoch"):
                 if name not in present:
                     conn.execute(sa.insert(counters).values(name=name, value=0))
 
@@ -447,7 +464,8 @@ class CloudStore(SqlStore):
                 ).mappings()
             ]
             by_res: dict[str, list[dict[str, Any]]] = {}
-            for a in conn.execute(sa.select(assignments).order_by(assignments.c.node)).mappings():
+            live = sa.select(assignments).where(LIVE).order_by(assignments.c.node)
+            for a in conn.execute(live).mappings():
                 by_res.setdefault(a["res"], []).append(dict(a))
             for row in rows:
                 row["assignments"] = by_res.get(f"task/{row['namespace']}/{row['name']}", [])
@@ -486,7 +504,7 @@ class CloudStore(SqlStore):
                 conn.execute(
                     sa.select(sa.func.count())
                     .select_from(assignments)
-                    .where(assignments.c.res == res)
+                    .where(assignments.c.res == res, LIVE)
                 ).scalar_one()
             )
 
@@ -523,7 +541,12 @@ class CloudStore(SqlStore):
         names) and/or `nodes`; None means all. A new or changed assignment
         writes the task into that node's desired log with a fresh rv; a
         removed one (task deleted, node no longer selected) writes a
-        tombstone. Returns the rows written, per node, in rv order.
+        tombstone into the log and turns the assignment into a tombstone
+        (`revoked_ms`) that keeps its epoch. A new assignment, or one revived
+        from a tombstone, takes a fresh epoch from the cloud-wide counter (one
+        per call), above every epoch the task had on any node: results from
+        the node it left are then stale. Returns the rows written, per node,
+        in rv order.
         """
         written: dict[str, list[DesiredRow]] = {}
         with self._tx("apply task placements") as conn:
@@ -533,6 +556,7 @@ class CloudStore(SqlStore):
             if nodes is not None:
                 query = query.where(assignments.c.node.in_(list(nodes)))
             current: dict[tuple[str, str], Any] = {(a.res, a.node): a for a in conn.execute(query)}
+            live = {k for k, a in current.items() if a.revoked_ms is None}
             wanted = {
                 (p.res, n): p
                 for p in placements
@@ -542,20 +566,27 @@ class CloudStore(SqlStore):
             changes: list[tuple[str, str, Placement | None]] = [
                 (res, node, p)
                 for (res, node), p in wanted.items()
-                if (res, node) not in current or current[(res, node)].generation != p.generation
+                if (res, node) not in live or current[(res, node)].generation != p.generation
             ]
-            changes += [(res, node, None) for (res, node) in current if (res, node) not in wanted]
+            changes += [(res, node, None) for (res, node) in live if (res, node) not in wanted]
             if not changes:
                 return written
             rv = self._next_rvs(conn, len(changes))
+            fresh_epoch: int | None = None
             desired_rows: list[dict[str, Any]] = []
             inserts: list[dict[str, Any]] = []
             updates: list[dict[str, Any]] = []
-            deletes: list[dict[str, Any]] = []
+            revives: list[dict[str, Any]] = []
+            revokes: list[dict[str, Any]] = []
             for res, node, p in changes:
                 row = current.get((res, node))
                 if p is not None:
-                    epoch = int(row.epoch) if row is not None else 1
+                    if row is None or row.revoked_ms is not None:
+                        if fresh_epoch is None:
+                            fresh_epoch = self._next(conn, "epoch", 1)
+                        epoch = fresh_epoch
+                    else:
+                        epoch = int(row.epoch)
                     body: dict[str, Any] | None = {
                         "document": p.document,
                         "generation": p.generation,
@@ -575,26 +606,37 @@ class CloudStore(SqlStore):
                                 "updated_ms": now_ms,
                             }
                         )
+                    elif row.revoked_ms is not None:
+                        revives.append(
+                            {
+                                "b_res": res,
+                                "b_node": node,
+                                "b_gen": p.generation,
+                                "b_rv": rv,
+                                "b_epoch": epoch,
+                            }
+                        )
                     else:
                         updates.append(
                             {"b_res": res, "b_node": node, "b_gen": p.generation, "b_rv": rv}
                         )
                 else:
                     body, op = None, "delete"
-                    deletes.append({"b_res": res, "b_node": node})
+                    revokes.append({"b_res": res, "b_node": node})
                 desired_rows.append({"node": node, "res": res, "rv": rv, "op": op, "body": body})
                 written.setdefault(node, []).append(DesiredRow(res, rv, op, body))
                 rv += 1
             self._upsert_desired(conn, desired_rows)
+            same_row = (
+                assignments.c.res == sa.bindparam("b_res"),
+                assignments.c.node == sa.bindparam("b_node"),
+            )
             if inserts:
                 conn.execute(sa.insert(assignments), inserts)
             if updates:
                 conn.execute(
                     sa.update(assignments)
-                    .where(
-                        assignments.c.res == sa.bindparam("b_res"),
-                        assignments.c.node == sa.bindparam("b_node"),
-                    )
+                    .where(*same_row)
                     .values(
                         generation=sa.bindparam("b_gen"),
                         rv=sa.bindparam("b_rv"),
@@ -603,13 +645,28 @@ class CloudStore(SqlStore):
                     ),
                     updates,
                 )
-            if deletes:
+            if revives:
                 conn.execute(
-                    sa.delete(assignments).where(
-                        assignments.c.res == sa.bindparam("b_res"),
-                        assignments.c.node == sa.bindparam("b_node"),
+                    sa.update(assignments)
+                    .where(*same_row)
+                    .values(
+                        epoch=sa.bindparam("b_epoch"),
+                        generation=sa.bindparam("b_gen"),
+                        rv=sa.bindparam("b_rv"),
+                        phase="scheduled",
+                        runs=0,
+                        last_result=None,
+                        revoked_ms=None,
+                        updated_ms=now_ms,
                     ),
-                    deletes,
+                    revives,
+                )
+            if revokes:
+                conn.execute(
+                    sa.update(assignments)
+                    .where(*same_row)
+                    .values(phase="revoked", revoked_ms=now_ms, updated_ms=now_ms),
+                    revokes,
                 )
         return written
 
@@ -668,6 +725,7 @@ class CloudStore(SqlStore):
                         assignments.c.node == sa.bindparam("b_node"),
                         assignments.c.rv <= rv_le,
                         assignments.c.phase == "scheduled",
+                        LIVE,
                     )
                     .values(phase="dispatched", updated_ms=now_ms),
                     params,
@@ -724,10 +782,10 @@ class CloudStore(SqlStore):
         self, conn: Connection, node: str, env: Envelope, now_ms: int, history: int
     ) -> UpstreamOutcome:
         assert env.res is not None and env.seq is not None
-        assignment = conn.execute(
+        row = conn.execute(
             sa.select(assignments).where(assignments.c.res == env.res, assignments.c.node == node)
         ).one_or_none()
-        if assignment is None:
+        if row is None:
             return UpstreamOutcome(env, "forbidden", f"{env.res} is not assigned to node {node}")
         body = env.body or {}
         epoch = body.get("epoch")
@@ -745,7 +803,10 @@ class CloudStore(SqlStore):
                 "invalid",
                 "report/result needs integer epoch and generation, string run_id and phase",
             )
-        stale = epoch < int(assignment.epoch)
+        assignment = Assignment(int(row.epoch), revoked=row.revoked_ms is not None)
+        verdict, detail = upstream_verdict(assignment, epoch)
+        if verdict is Verdict.FORBIDDEN:
+            return UpstreamOutcome(env, verdict.value, f"{env.res} on node {node}: {detail}")
         if env.op.value == "result":
             seen = conn.execute(
                 sa.select(results.c.id).where(
@@ -753,7 +814,8 @@ class CloudStore(SqlStore):
                 )
             ).first()
             if seen is not None:
-                return UpstreamOutcome(env, "duplicate", f"run {run_id} was already recorded")
+                verdict, _ = upstream_verdict(assignment, epoch, duplicate=True)
+                return UpstreamOutcome(env, verdict.value, f"run {run_id} was already recorded")
             conn.execute(
                 sa.insert(results).values(
                     node=node,
@@ -763,16 +825,14 @@ class CloudStore(SqlStore):
                     epoch=epoch,
                     generation=generation,
                     phase=phase[:16],
-                    stale=stale,
+                    stale=verdict is Verdict.STALE,
                     body=body,
                     received_ms=now_ms,
                 )
             )
             self._trim_results(conn, env.res, node, history)
-        if stale:
-            return UpstreamOutcome(
-                env, "stale", f"epoch {epoch} is older than the current {assignment.epoch}"
-            )
+        if verdict is Verdict.STALE:
+            return UpstreamOutcome(env, verdict.value, detail)
         values: dict[str, Any] = {"phase": phase[:16], "updated_ms": now_ms}
         if env.op.value == "result":
             values["runs"] = assignments.c.runs + 1
@@ -782,7 +842,7 @@ class CloudStore(SqlStore):
             .where(assignments.c.res == env.res, assignments.c.node == node)
             .values(**values)
         )
-        return UpstreamOutcome(env, "applied")
+        return UpstreamOutcome(env, verdict.value)
 
     def _trim_results(self, conn: Connection, res: str, node: str, keep: int) -> None:
         cutoff = conn.execute(
@@ -810,5 +870,5 @@ class CloudStore(SqlStore):
 def _assignment_rows(conn: Connection, where: Any, order: Any) -> list[dict[str, Any]]:
     return [
         dict(r)
-        for r in conn.execute(sa.select(assignments).where(where).order_by(order)).mappings()
+        for r in conn.execute(sa.select(assignments).where(where, LIVE).order_by(order)).mappings()
     ]

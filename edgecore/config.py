@@ -158,7 +158,8 @@ class EdgeConfig:
     )
     outbox_max_rows: int = setting(
         100_000,
-        "outbox bound; above it the oldest status rows are dropped, never results",
+        "outbox bound; above it telemetry and status rows are dropped oldest first; "
+        "results and twin reports never (new ones wait)",
         check=in_range(1),
     )
     log_level: str = setting("INFO", "least severe log level written", check=LOG_LEVEL)

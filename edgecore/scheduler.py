@@ -25,7 +25,7 @@ from edgecore.store import EdgeStore, TaskObject
 from shared.admission import Capacity, admits, never_fits
 from shared.clock import Clock
 from shared.dbthread import DbThread
-from shared.errors import ResourceError
+from shared.errors import OutboxFull, ResourceError
 from shared.ids import new_ulid
 from shared.resources import Task, task_from_document
 from shared.triggers import next_due_ms
@@ -33,6 +33,8 @@ from shared.triggers import next_due_ms
 log = logging.getLogger(__name__)
 
 PAUSED_RECHECK = 1.0
+OUTBOX_FULL_RETRY = 1.0
+OUTBOX_FULL_RETRY_CAP = 30.0
 ALL = "*"
 """`desired_changed([ALL])`: everything may have changed (a resync completed)."""
 
@@ -331,15 +333,28 @@ class LocalScheduler:
         return await runtime.run(typed, context)
 
     async def _finish(self, run_id: str, outcome: RunOutcome, report: bool) -> None:
-        """Record the result (with its outbox row); a store failure is logged, not raised,
-        and the run is then reported as interrupted at the next start."""
-        try:
-            await self.db.run(
-                self.store.finish_run, run_id, outcome.as_result(), self.clock.time_ms(), report
-            )
-        except Exception as exc:
-            log.error("cannot record the result of run %s: %s", run_id, exc)
-            return
+        """Record the result (with its outbox row).
+
+        An outbox full of rows that may not be dropped (OutboxFull) is waited
+        out: the run keeps its slot, so the node starts no more work than it can
+        report, and the result is recorded once the link drains the outbox.
+        Any other store failure is logged; the run is then reported as
+        interrupted at the next start.
+        """
+        delay = OUTBOX_FULL_RETRY
+        while True:
+            try:
+                await self.db.run(
+                    self.store.finish_run, run_id, outcome.as_result(), self.clock.time_ms(), report
+                )
+                break
+            except OutboxFull as exc:
+                log.error("run %s: %s; waiting %.0fs to record its result", run_id, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, OUTBOX_FULL_RETRY_CAP)
+            except Exception as exc:
+                log.error("cannot record the result of run %s: %s", run_id, exc)
+                return
         if report:
             self.on_outbox()
 

@@ -22,6 +22,7 @@ meets them.
     ├── RunRefused                  the edge refused to start a run (env, workdir, user policy)
     ├── NotFound                    a named object does not exist
     ├── StoreError                  the database failed (disk full, locked, unreachable)
+    │   └── OutboxFull              the edge outbox is at its bound with rows it may not drop
     └── LinkError                   the connection to the peer is gone
         ├── LinkClosed              we closed it (ClosedResourceError in trio terms)
         └── LinkBroken              the network or the peer broke it (retry with backoff)
@@ -120,6 +121,12 @@ class NotFound(EdgesyncError):
 
 class StoreError(EdgesyncError):
     """The database failed: disk full, locked, unreachable or corrupt."""
+
+
+class OutboxFull(StoreError):
+    """The edge outbox holds `outbox_max_rows` rows that may not be dropped (results, twin
+    reports): nothing was enqueued. The cloud has been unreachable for long; raise the
+    bound (disk permitting) or restore the link."""
 
 
 class LinkError(EdgesyncError):

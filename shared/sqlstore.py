@@ -56,3 +56,19 @@ class SqlStore:
             first = str(exc).splitlines()[0][:300]
             hint = " (disk full?)" if "full" in first.lower() else ""
             raise StoreError(f"{self.where}: cannot {what}{hint}: {first}") from exc
+
+    @contextmanager
+    def _schema_tx(self, what: str) -> Iterator[Connection]:
+        """Like `_tx`, for schema changes: all or nothing on SQLite too.
+
+        pysqlite's default (legacy) transaction control opens a transaction
+        only before INSERT/UPDATE/DELETE, so DDL issued first would commit
+        statement by statement. An explicit BEGIN IMMEDIATE (the driver then
+        sees the transaction and commits or rolls it back) makes every
+        statement of a migration part of one transaction, and takes the write
+        lock before anything is read.
+        """
+        with self._tx(what) as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            yield conn

@@ -1,13 +1,11 @@
 """CloudStore against a real SQLite file and a real PostgreSQL database.
 
-PostgreSQL: EDGESYNC_TEST_PG_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/postgres).
-Each test module (per xdist worker) creates its own uniquely named database and drops it
-afterwards; each test starts from an empty schema.
+PostgreSQL: the `pg_database` fixture of conftest.py (EDGESYNC_TEST_PG_URL); each test
+starts from an empty schema, which `create_schema` migrates to the head revision.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,44 +15,20 @@ import pytest
 import sqlalchemy as sa
 
 from cloudcore.store import (
+    LIVE,
     CloudStore,
     Placement,
     SessionStart,
     assignments,
     counters,
     desired,
-    metadata,
 )
 from shared.errors import JoinError, NotFound
 from shared.protocol.messages import Envelope, Op
+from tests.integration.conftest import empty_pg_schema
 
-PG_URL = os.environ.get(
-    "EDGESYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 NOW = 1_732_400_000_000
 HISTORY = 20
-
-
-@pytest.fixture(scope="module")
-def pg_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for this module; its SQLAlchemy URL."""
-    import psycopg
-
-    url = sa.engine.make_url(PG_URL)
-    admin_dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    try:
-        admin = psycopg.connect(admin_dsn, autocommit=True, connect_timeout=5)
-    except psycopg.Error as exc:
-        pytest.skip(
-            f"PostgreSQL at {url.render_as_string()} is unreachable: {str(exc).splitlines()[0]}"
-        )
-    name = f"edgesync_test_{uuid.uuid4().hex[:16]}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield url.set(database=name).render_as_string(hide_password=False)
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -63,9 +37,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CloudStore
         url = f"sqlite:///{tmp_path / 'cloud.db'}"
     else:
         url = request.getfixturevalue("pg_database")
-        engine = sa.create_engine(url)
-        metadata.drop_all(engine)  # start every test from an empty schema
-        engine.dispose()
+        empty_pg_schema(url)  # every test starts from an empty schema
     cloud_store = CloudStore(url)
     cloud_store.create_schema()
     try:
@@ -162,7 +134,10 @@ def test_removing_a_node_from_a_placement_tombstones_only_that_node(store: Cloud
     assert [(r.res, r.op) for r in changed["n1"]] == [(A, "delete")]  # the rows written
     assert [(r.res, r.op) for r in store.desired_after("n1", 0, 10)] == [(A, "delete")]
     assert [(r.res, r.op) for r in store.desired_after("n2", 0, 10)] == [(A, "apply")]
-    assert [a["node"] for a in rows(store, assignments)] == ["n2"]
+    assert [a["node"] for a in rows(store, assignments, LIVE)] == ["n2"]
+    # n1's assignment stays as a tombstone, with its epoch, for late messages (fencing).
+    [gone] = rows(store, assignments, assignments.c.node == "n1")
+    assert (gone["phase"], gone["revoked_ms"], gone["epoch"]) == ("revoked", NOW, 1)
 
 
 def test_record_acked_dispatches_phases_and_drops_acked_tombstones(store: CloudStore) -> None:
@@ -176,7 +151,7 @@ def test_record_acked_dispatches_phases_and_drops_acked_tombstones(store: CloudS
     store.record_acked("n1", log[B].rv, NOW + 1)
 
     phases = {a["res"]: a["phase"] for a in rows(store, assignments)}
-    assert phases == {A: "dispatched", C: "scheduled"}
+    assert phases == {A: "dispatched", B: "revoked", C: "scheduled"}
     assert [(r.res, r.op) for r in store.desired_after("n1", 0, 10)] == [(A, "apply"), (C, "apply")]
     assert store.get_node("n1")["acked_rv"] == log[B].rv
 
@@ -448,7 +423,7 @@ def test_a_scoped_placement_leaves_other_tasks_and_nodes_alone(store: CloudStore
     # Only task B is in scope: A's assignments are not touched even though A is absent.
     written = store.apply_placements([place(B, 2, "n1")], NOW, tasks={B})
     assert {n: [r.res for r in rs] for n, rs in written.items()} == {"n1": [B]}
-    assert sorted((a["res"], a["node"]) for a in rows(store, assignments)) == [
+    assert sorted((a["res"], a["node"]) for a in rows(store, assignments, LIVE)) == [
         (A, "n1"),
         (A, "n2"),
         (B, "n1"),
@@ -456,7 +431,8 @@ def test_a_scoped_placement_leaves_other_tasks_and_nodes_alone(store: CloudStore
     # Only node n2 is in scope: n1 keeps everything.
     written = store.apply_placements([], NOW, nodes={"n2"})
     assert list(written) == ["n2"] and [r.op for r in written["n2"]] == ["delete"]
-    assert sorted((a["res"], a["node"]) for a in rows(store, assignments)) == [(A, "n1"), (B, "n1")]
+    live = sorted((a["res"], a["node"]) for a in rows(store, assignments, LIVE))
+    assert live == [(A, "n1"), (B, "n1")]
 
 
 def test_progress_for_many_nodes_is_one_batch(placed: CloudStore) -> None:
@@ -467,3 +443,90 @@ def test_progress_for_many_nodes_is_one_batch(placed: CloudStore) -> None:
     assert placed.get_node("n1")["heartbeat"] == {"cpu": 0.5}
     phases = {(a["res"], a["node"]): a["phase"] for a in rows(placed, assignments)}
     assert set(phases.values()) == {"dispatched"}
+
+
+# ---------------------------------------------------------------- fencing epochs
+
+
+def pinned_task(store: CloudStore, name: str, node: str, now: int) -> None:
+    """Save a task document pinned to `node` and apply its placement: a pinned task goes
+    to exactly its pinned node (the scheduler's decision, written out here so this test
+    of the store does not depend on the scheduler's interface)."""
+    document = {
+        "apiVersion": "edgesync.io/v1",
+        "kind": "Task",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "kind": "command",
+            "command": {"argv": ["uname", "-a"]},
+            "trigger": {"type": "once"},
+            "placement": {"nodes": [node]},
+        },
+    }
+    generation = store.put_task("default", name, document, now)
+    placement = Placement(f"task/default/{name}", generation, document, frozenset({node}))
+    store.apply_placements([placement], now, tasks=[placement.res])
+
+
+def epoch_sent(store: CloudStore, node: str, res: str) -> int:
+    [row] = [r for r in store.desired_after(node, 0, 100) if r.res == res]
+    assert row.body is not None
+    return int(row.body["epoch"])
+
+
+def test_moving_a_task_makes_the_old_nodes_late_result_stale(store: CloudStore) -> None:
+    res = "task/default/mover"
+    for name in ("node-a", "node-b"):
+        store.register_node(name, NOW)
+    pinned_task(store, "other", "node-b", NOW)  # an epoch spent elsewhere first
+    pinned_task(store, "mover", "node-a", NOW)
+    epoch_a = epoch_sent(store, "node-a", res)
+    generation = int(store.get_task("default", "mover")["generation"])
+
+    pinned_task(store, "mover", "node-b", NOW + 1)  # the operator re-pins it
+
+    epoch_b = epoch_sent(store, "node-b", res)
+    assert epoch_b > epoch_a
+    # node-a is told to stop: a delete tombstone in its desired log.
+    assert [(r.res, r.op) for r in store.desired_after("node-a", 0, 100)] == [(res, "delete")]
+    [current] = store.get_task("default", "mover")["assignments"]
+    assert (current["node"], current["epoch"]) == ("node-b", epoch_b)
+
+    # node-a, still offline-autonomous, finished its run and now delivers the result.
+    body = {"run_id": "late", "generation": generation, "epoch": epoch_a, "phase": "succeeded"}
+    late = Envelope(op=Op.RESULT, id="late", ts=NOW, res=res, seq=1, body=body)
+    [outcome] = store.record_upstream("node-a", [late], NOW + 2, HISTORY)
+
+    assert outcome.verdict == "stale" and "revoked" in outcome.detail
+    [recorded] = store.results_for(res)
+    assert (recorded["node"], recorded["stale"], recorded["epoch"]) == ("node-a", True, epoch_a)
+    [after] = store.get_task("default", "mover")["assignments"]
+    assert after == current  # node-b's current state is untouched
+    # Its report, too, is stale rather than forbidden; a resend is a duplicate.
+    running = Envelope(op=Op.REPORT, id="r", ts=NOW, res=res, seq=2, body={**body, "phase": "x"})
+    assert [o.verdict for o in store.record_upstream("node-a", [running], NOW, HISTORY)] == [
+        "stale"
+    ]
+    again = Envelope(op=Op.RESULT, id="again", ts=NOW, res=res, seq=3, body=body)
+    assert [o.verdict for o in store.record_upstream("node-a", [again], NOW, HISTORY)] == [
+        "duplicate"
+    ]
+
+    # Moving it back revives node-a's assignment with an epoch above both.
+    pinned_task(store, "mover", "node-a", NOW + 3)
+    epoch_back = epoch_sent(store, "node-a", res)
+    assert epoch_back > epoch_b
+    old = {**body, "run_id": "older"}
+    stale_again = Envelope(op=Op.RESULT, id="o", ts=NOW, res=res, seq=4, body=old)
+    assert [o.verdict for o in store.record_upstream("node-a", [stale_again], NOW, HISTORY)] == [
+        "stale"
+    ]
+    fresh = {**body, "run_id": "fresh", "epoch": epoch_back}
+    ok = Envelope(op=Op.RESULT, id="f", ts=NOW, res=res, seq=5, body=fresh)
+    assert [o.verdict for o in store.record_upstream("node-a", [ok], NOW, HISTORY)] == ["applied"]
+
+
+def test_an_epoch_never_issued_is_forbidden(placed: CloudStore) -> None:
+    [outcome] = placed.record_upstream("n1", [result(A, 1, epoch=99)], NOW, HISTORY)
+    assert outcome.verdict == "forbidden" and "never issued" in outcome.detail
+    assert placed.results_for(A) == []

@@ -201,3 +201,30 @@ async def test_a_task_larger_than_the_node_fails_with_the_reason(
     assert runs[0]["result"]["error"] == (
         "the task requests 4096 MiB memory and this node has 1024 MiB in all"
     )
+
+
+async def test_a_full_outbox_holds_the_result_until_the_link_drains_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = EdgeStore(tmp_path / "edge.db", outbox_max_rows=2)
+    store.open()
+    store.apply_batch([envelope(i + 1, f"r{i}") for i in range(3)])
+    registry = RuntimeRegistry([CommandRuntime(CONFIG)])
+    try:
+        async with Scheduling(store, tmp_path, registry, Capacity(0, 0)):
+
+            def phases() -> list[str]:
+                return sorted(
+                    r["phase"] for i in range(3) for r in store.runs_for(f"task/default/r{i}")
+                )
+
+            await eventually(lambda: phases() == ["running", "succeeded", "succeeded"])
+            await eventually(lambda: "waiting" in caplog.text, what="the OutboxFull log line")
+            await asyncio.sleep(0.3)
+            assert phases() == ["running", "succeeded", "succeeded"]  # held, not lost
+            store.outbox_acked(max(r.seq for r in store.outbox_after(0, 10)))  # the link drained it
+            await eventually(lambda: phases() == ["succeeded"] * 3, timeout=10)
+        results = [r for r in store.outbox_after(0, 10) if r.op is Op.RESULT]
+        assert len(results) == 1 and results[0].res in {f"task/default/r{i}" for i in range(3)}
+    finally:
+        store.close()

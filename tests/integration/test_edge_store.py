@@ -12,8 +12,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from edgecore.store import SCHEMA_VERSION, EdgeStore, TaskObject
-from shared.errors import StoreError
+from edgecore.store import SCHEMA_VERSION, EdgeStore, OutboxItem, TaskObject
+from shared.errors import OutboxFull, StoreError
+from shared.outbox import OutboxClass
 from shared.protocol.messages import Envelope, Op
 
 A, B = "task/default/a", "task/default/b"
@@ -183,34 +184,200 @@ def test_outbox_acked_drops_only_rows_up_to_the_cursor(store: EdgeStore) -> None
     assert [r.seq for r in store.outbox_after(3, 10)] == [4]
 
 
-def test_outbox_bound_drops_oldest_status_rows_never_results(db_path: Path) -> None:
-    store = EdgeStore(db_path, outbox_max_rows=4)
+def telemetry(n: int, res: str = "device/default/thermo") -> OutboxItem:
+    return OutboxItem(Op.REPORT, res, OutboxClass.TELEMETRY, {"run_id": f"t{n}", "sample": n})
+
+
+def twin(res: str, **props: tuple[int, Any]) -> OutboxItem:
+    reported = {name: {"version": v, "value": value} for name, (v, value) in props.items()}
+    return OutboxItem(Op.REPORT, res, OutboxClass.TWIN, {"reported": reported})
+
+
+def classes(store: EdgeStore) -> list[tuple[str, str]]:
+    return [(r.cls.value, r.body.get("run_id", "")) for r in store.outbox_after(0, 10_000)]
+
+
+def kept_count(store: EdgeStore) -> int:
+    [(value,)] = sql(store.path, "SELECT value FROM meta WHERE key = 'outbox_rows'")
+    return int(value)
+
+
+def real_count(store: EdgeStore) -> int:
+    [(count,)] = sql(store.path, "SELECT COUNT(*) FROM outbox")
+    return int(count)
+
+
+def test_outbox_bound_with_mixed_classes_drops_telemetry_then_status(db_path: Path) -> None:
+    store = EdgeStore(db_path, outbox_max_rows=6)
     store.open()
     try:
-        for name in "abcdef":
-            store.start_run(task(f"task/default/{name}"), f"run-{name}", 0)  # status
-            store.finish_run(f"run-{name}", {"phase": "succeeded"}, 1)  # result
-        rows = outbox(store)
-        results = [r for r in rows if r[1] == "result"]
-        # Every result survives, even beyond the bound; all status rows went first.
-        assert [r[3] for r in results] == [f"run-{n}" for n in "abcdef"]
-        assert [r for r in rows if r[1] == "report"] == []
-        assert store.outbox_size() == 6
+        store.start_run(task(A), "run-a", 0)  # status
+        store.enqueue([telemetry(1), telemetry(2)], 1)
+        store.finish_run("run-a", {"phase": "succeeded"}, 2)  # result
+        store.start_run(task(B), "run-b", 3)  # status
+        store.enqueue([twin("twin/default/t1", temp=(1, 20))], 4)
+        assert store.outbox_size() == 6  # at the bound, nothing dropped yet
 
-        store.outbox_acked(rows[-1][0])
-        store.start_run(task(), "run-x", 2)
-        store.start_run(task(B), "run-y", 3)
-        store.finish_run("run-x", {"phase": "succeeded"}, 4)
-        store.start_run(task(B), "run-z", 5)
-        store.start_run(task(B), "run-w", 6)  # 5 rows: the oldest status (run-x) goes
-        assert [(op, run) for _, op, _, run in outbox(store)] == [
-            ("report", "run-y"),
-            ("result", "run-x"),
-            ("report", "run-z"),
-            ("report", "run-w"),
+        store.enqueue([telemetry(3)], 5)  # 7 rows: the oldest telemetry goes, not status
+        assert classes(store) == [
+            ("status", "run-a"),
+            ("telemetry", "t2"),
+            ("result", "run-a"),
+            ("status", "run-b"),
+            ("twin", ""),
+            ("telemetry", "t3"),
         ]
+        store.finish_run("run-b", {"phase": "failed"}, 6)  # a result: both telemetry go first
+        store.enqueue([twin("twin/default/t2", hum=(1, 40))], 7)
+        assert classes(store) == [
+            ("status", "run-a"),
+            ("result", "run-a"),
+            ("status", "run-b"),
+            ("twin", ""),
+            ("result", "run-b"),
+            ("twin", ""),
+        ]
+        store.enqueue([telemetry(4)], 8)  # no room: the new telemetry is the oldest there is
+        assert [c for c, _ in classes(store)].count("telemetry") == 0
+        store.finish_run("run-a", {"phase": "succeeded"}, 9)  # statuses go, oldest first
+        assert [c for c, _ in classes(store)] == [
+            "result",
+            "status",
+            "twin",
+            "result",
+            "twin",
+            "result",
+        ]
+        assert store.outbox_metrics.dropped == {OutboxClass.TELEMETRY: 4, OutboxClass.STATUS: 1}
+        assert store.outbox_size() == kept_count(store) == real_count(store) == 6
     finally:
         store.close()
+
+
+def test_an_outbox_full_of_results_and_twins_refuses_with_a_typed_error(db_path: Path) -> None:
+    store = EdgeStore(db_path, outbox_max_rows=3)
+    store.open()
+    try:
+        for name in "ab":
+            store.start_run(task(f"task/default/{name}"), f"run-{name}", 0)
+            store.finish_run(f"run-{name}", {"phase": "succeeded"}, 1)
+        store.enqueue([twin("twin/default/t1", temp=(1, 20))], 2)
+        assert [c for c, _ in classes(store)] == ["result", "result", "twin"]
+        store.start_run(task(), "run-c", 3)  # its status row is dropped at once; the run starts
+        before = outbox(store)
+        assert before == outbox(store) and len(before) == 3
+
+        with pytest.raises(OutboxFull) as caught:
+            store.finish_run("run-c", {"phase": "succeeded"}, 4)
+        message = str(caught.value)
+        assert str(store.path) in message and "outbox is full" in message
+        assert "outbox_max_rows" in message and "never dropped" in message
+        with pytest.raises(OutboxFull):
+            store.enqueue([twin("twin/default/t2", hum=(1, 1)), telemetry(1)], 5)
+
+        assert outbox(store) == before  # nothing queued
+        phase = {r["run_id"]: r["phase"] for r in store.runs_for(A)}
+        assert phase["run-c"] == "running"  # the state change rolled back too
+        assert store.outbox_metrics.refused == 3
+        assert kept_count(store) == real_count(store) == 3
+
+        store.outbox_acked(before[0][0])  # the link drains a row: there is room again
+        store.finish_run("run-c", {"phase": "succeeded"}, 6)
+        assert {r["run_id"]: r["phase"] for r in store.runs_for(A)}["run-c"] == "succeeded"
+    finally:
+        store.close()
+
+
+def test_outbox_count_stays_right_across_acks_drops_and_a_restart(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = EdgeStore(db_path, outbox_max_rows=5)
+    store.open()
+    seen: list[int] = []
+
+    def check() -> None:
+        assert kept_count(store) == real_count(store) == store.outbox_size()
+        seen.append(store.outbox_size())
+
+    store.enqueue([telemetry(i) for i in range(3)], 0)
+    check()
+    store.start_run(task(), "run-1", 1)
+    store.finish_run("run-1", {"phase": "succeeded"}, 2)
+    check()
+    store.enqueue([telemetry(i) for i in range(3, 7)], 3)  # drops 4
+    check()
+    store.outbox_acked(store.outbox_after(0, 1)[0].seq)
+    check()
+    store.outbox_acked(0)  # acks nothing
+    check()
+    store.enqueue([twin("twin/default/t", x=(1, 1)), twin("twin/default/t", x=(2, 2))], 4)
+    check()  # two reports, but the second replaced the first: one row more
+    store = reopen(store)
+    try:
+        check()
+        store.outbox_acked(10_000)
+        check()
+        assert seen == [3, 5, 5, 4, 4, 5, 5, 0]
+        assert "outbox count was" not in caplog.text  # never needed repairing
+    finally:
+        store.close()
+
+
+def test_outbox_count_is_repaired_at_open_after_an_edit_behind_the_store(
+    store: EdgeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.enqueue([telemetry(i) for i in range(4)], 0)
+    sql(store.path, "DELETE FROM outbox WHERE seq > 1")
+
+    again = reopen(store)
+    try:
+        assert again.outbox_size() == 1
+        assert "outbox count was 4, the outbox holds 1 rows; corrected" in caplog.text
+    finally:
+        again.close()
+
+
+def test_enqueue_is_one_transaction_for_many_rows(store: EdgeStore) -> None:
+    commits: list[str] = []
+    statements: list[str] = []
+    event.listen(store.engine, "commit", lambda conn: commits.append("commit"))
+    event.listen(
+        store.engine, "before_cursor_execute", lambda c, cur, stmt, *a: statements.append(stmt)
+    )
+
+    store.enqueue([telemetry(i) for i in range(200)], 0)
+    store.enqueue([], 1)  # nothing to do: no transaction at all
+
+    assert commits == ["commit"]
+    assert not [s for s in statements if "count(" in s.lower()]  # the kept count, no scan
+    assert sum(s.lstrip().upper().startswith("INSERT") for s in statements) == 1  # executemany
+    rows = store.outbox_after(0, 1000)
+    assert [r.body["sample"] for r in rows] == list(range(200))
+    assert [r.seq for r in rows] == list(range(1, 201))
+
+
+def test_twin_reports_are_coalesced_only_when_no_version_is_lost(store: EdgeStore) -> None:
+    t1, t2 = "twin/default/t1", "twin/default/t2"
+    store.enqueue([twin(t1, temp=(1, 20)), twin(t2, temp=(1, 5))], 0)
+    store.enqueue([twin(t1, temp=(2, 21), hum=(1, 40))], 1)  # carries temp@1's successor
+    store.enqueue([twin(t1, hum=(2, 41))], 2)  # lacks temp: both stay
+    # Same temp version with another value: the temp@2=21 report stays; hum@2 is carried.
+    store.enqueue([twin(t1, temp=(2, 99), hum=(2, 41))], 3)
+
+    bodies = [(r.res, r.body["reported"]) for r in store.outbox_after(0, 100)]
+    assert bodies == [
+        (t2, {"temp": {"version": 1, "value": 5}}),  # another resource: untouched
+        (t1, {"temp": {"version": 2, "value": 21}, "hum": {"version": 1, "value": 40}}),
+        (t1, {"temp": {"version": 2, "value": 99}, "hum": {"version": 2, "value": 41}}),
+    ]
+    assert store.outbox_metrics.coalesced == 2
+    # Within one batch too; seqs keep increasing (the replacement is queued last).
+    store.enqueue([twin(t2, temp=(2, 6)), twin(t2, temp=(3, 7))], 4)
+    t2_rows = [r for r in store.outbox_after(0, 100) if r.res == t2]
+    assert [r.body["reported"]["temp"]["version"] for r in t2_rows] == [3]
+    assert t2_rows[0].seq == max(r.seq for r in store.outbox_after(0, 100))
+    assert store.outbox_metrics.coalesced == 4
+    assert store.outbox_size() == real_count(store) == 3
 
 
 def test_recover_interrupted_runs_fails_them_with_a_result(store: EdgeStore) -> None:
@@ -367,3 +534,29 @@ def test_disk_full_while_starting_a_run_queues_nothing(store: EdgeStore) -> None
     assert 0 < len(runs) < 500
     assert [r["run_id"] for r in runs] == [r[3] for r in reports]  # pairs, never halves
     assert snapshot(store)[:2] == before[:2]
+
+
+def test_recovery_at_start_queues_its_results_even_above_the_bound(db_path: Path) -> None:
+    """An outbox full of results must not keep edgecore from starting (and so from ever
+    draining it): the failed results of interrupted runs go in above the bound."""
+    store = EdgeStore(db_path, outbox_max_rows=2)
+    store.open()
+    for name in "ab":
+        store.start_run(task(f"task/default/{name}"), f"run-{name}", 0)
+        store.finish_run(f"run-{name}", {"phase": "succeeded"}, 1)
+    store.start_run(task(B), "cut", 2)  # its status row is dropped; the outbox stays full
+    with pytest.raises(OutboxFull):
+        store.finish_run("cut", {"phase": "succeeded"}, 3)
+
+    again = reopen(store, outbox_max_rows=2)  # as after a power cut
+    try:
+        assert again.recover_interrupted_runs(4) == 1
+        assert classes(again) == [
+            ("result", "run-a"),
+            ("result", "run-b"),
+            ("result", "cut"),
+        ]
+        assert again.outbox_size() == real_count(again) == 3
+        assert again.outbox_metrics.refused == 0
+    finally:
+        again.close()

@@ -16,6 +16,8 @@ PURE_MODULES = [
     "shared.backoff",
     "shared.config",
     "shared.pki",
+    "shared.outbox",
+    "shared.fencing",
 ]
 FORBIDDEN = ["asyncio", "websockets", "aioquic", "sqlalchemy", "paho", "aiohttp"]
 
