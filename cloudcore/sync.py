@@ -54,6 +54,12 @@ class HubStats:
     upstream_refused: int = 0
     protocol_errors: int = 0
     refused_by_reason: dict[str, int] = field(default_factory=dict)
+    """Upstream messages refused (forbidden, ...), by verdict."""
+    connections_refused: dict[str, int] = field(default_factory=dict)
+    """Edge connections refused before a session (no_certificate, expired, foreign_ca,
+    handshake_timeout, too_many_handshakes, ...), both transports, by reason."""
+    reports_trimmed: int = 0
+    """hello and heartbeat bodies cut to the report limits (shared/text.py)."""
 
 
 class Hub:

@@ -9,18 +9,30 @@ handshake:
   address and the reason (asyncio's own TLS server drops such failures
   silently);
 - the node identity is read from the verified certificate before any
-  WebSocket byte is parsed.
+  WebSocket byte is parsed, through the one certificate policy both
+  transports share (shared/certpolicy.py);
+- nothing TLS-sized is allocated before the client speaks: asyncio's TLS
+  layer takes a 256 KiB read buffer per connection at `start_tls`, so the
+  hub first waits (on a dup of the socket's descriptor, reading nothing)
+  until the ClientHello is there, and a socket that stays silent is closed
+  after `handshake_timeout`;
+- at most `max_pending` connections may be unauthenticated at once; beyond
+  that a new connection is closed at once (counted, and logged within the
+  refusal log's budget).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
+import os
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from cryptography import x509
 from websockets.exceptions import InvalidState
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
@@ -28,8 +40,10 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from shared.errors import LinkBroken, LinkClosed, LinkError, PeerClosed, PKIError
-from shared.pki import node_name_from_der
+from cloudcore.hub.refusals import RefusalLog
+from shared import certpolicy
+from shared.errors import CertificateRefused, LinkBroken, LinkClosed, LinkError, PeerClosed
+from shared.text import escape_text
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +52,9 @@ _DATA_OPCODES = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
 
 
 class _Refused(Exception):
-    pass
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class WebSocketChannel(asyncio.Protocol):
@@ -63,6 +79,7 @@ class WebSocketChannel(asyncio.Protocol):
         self._can_write.set()
         self._lost = False
         self._closed_by_us = False
+        self._pending = False
 
     @property
     def transport(self) -> str:
@@ -77,10 +94,20 @@ class WebSocketChannel(asyncio.Protocol):
             addr = transport.get_extra_info("peername")
             self.peer = f"{addr[0]}:{addr[1]}" if addr else "unknown"
             self._transport = transport
-            # Ready before TLS completes: the upgrade request may follow the handshake at once.
-            extensions = [ServerPerMessageDeflateFactory()] if self._server.compression else None
-            self._ws = ServerProtocol(max_size=self._server.max_size, extensions=extensions)
-            self._server.spawn(self._serve())
+            server = self._server
+            if server.pending >= server.max_pending:
+                server.refusals.refuse(
+                    "WebSocket",
+                    self.peer,
+                    "too_many_handshakes",
+                    f"{server.pending} connections are already unauthenticated "
+                    f"(hub.max_pending_handshakes); a scan or a flood? closed at once",
+                )
+                transport.abort()
+                return
+            server.pending += 1
+            self._pending = True
+            server.spawn(self._serve())
 
     def data_received(self, data: bytes) -> None:
         if self._ws is None or self.node == "":  # nothing is parsed before identity is known
@@ -97,6 +124,7 @@ class WebSocketChannel(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        self._authenticated()
         self._can_write.set()
         if not self._request.done():
             self._request.set_result(None)
@@ -110,22 +138,64 @@ class WebSocketChannel(asyncio.Protocol):
 
     # ------------------------------------------------------------ handshake
 
+    def _authenticated(self) -> None:
+        """This connection no longer counts against the pending-handshake cap."""
+        if self._pending:
+            self._pending = False
+            self._server.pending -= 1
+
     async def _serve(self) -> None:
         server = self._server
         try:
             await self._open()
         except _Refused as exc:
-            log.warning("edge connection from %s refused: %s", self.peer, exc)
+            server.refusals.refuse("WebSocket", self.peer, exc.reason, str(exc))
             self._abort()
             return
+        finally:
+            self._authenticated()
         try:
             await server.handler(self)
         finally:
             await self.close()
 
+    async def _client_speaks(self) -> None:
+        """Wait until the client has sent its first bytes, without reading them.
+
+        The transport is paused (its reader is off), so watch a duplicate of the
+        descriptor: the ClientHello stays in the kernel for TLS to read.
+        """
+        assert self._transport is not None
+        sock = self._transport.get_extra_info("socket")
+        if sock is None:
+            return
+        loop = self._loop
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        fd = os.dup(sock.fileno())
+        try:
+            loop.add_reader(fd, readable)
+            try:
+                await asyncio.wait_for(ready, self._server.handshake_timeout)
+            except (TimeoutError, asyncio.TimeoutError):
+                raise _Refused(
+                    "handshake_timeout",
+                    f"no TLS ClientHello within {self._server.handshake_timeout:g}s (idle socket)",
+                ) from None
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+
     async def _open(self) -> None:
         server, loop = self._server, self._loop
         assert self._transport is not None
+        await self._client_speaks()
+        if self._lost:
+            raise _Refused("tls_failed", "connection closed before the TLS handshake")
         try:
             tls = await loop.start_tls(
                 self._transport,
@@ -134,20 +204,28 @@ class WebSocketChannel(asyncio.Protocol):
                 server_side=True,
                 ssl_handshake_timeout=server.handshake_timeout,
             )
+        except ssl.SSLCertVerificationError as exc:
+            reason = certpolicy.reason_for_openssl_code(exc.verify_code)
+            detail = certpolicy.refused(reason, exc.verify_message or str(exc))
+            raise _Refused(reason, f"TLS handshake failed: {detail}") from None
         except (ssl.SSLError, ConnectionError, OSError, TimeoutError, asyncio.TimeoutError) as exc:
             server.tls_failures += 1
-            raise _Refused(f"TLS handshake failed: {_describe_tls_error(exc)}") from None
+            reason, text = _describe_tls_error(exc)
+            raise _Refused(reason, f"TLS handshake failed: {text}") from None
         if tls is None:
-            raise _Refused("connection closed during the TLS handshake")
+            raise _Refused("tls_failed", "connection closed during the TLS handshake")
         self._transport = tls
         ssl_obj = tls.get_extra_info("ssl_object")
         der = ssl_obj.getpeercert(binary_form=True) if ssl_obj is not None else None
-        if not der:
-            raise _Refused("no client certificate")
         try:
-            self.node = node_name_from_der(der)
-        except PKIError as exc:
-            raise _Refused(f"client certificate has no usable node name: {exc}") from None
+            self.node = certpolicy.check_client_der(
+                der, server.ca, dt.datetime.now(dt.timezone.utc)
+            )
+        except CertificateRefused as exc:
+            raise _Refused(exc.reason, f"client certificate refused: {exc}") from None
+        # Ready before the upgrade request is parsed: it may follow the handshake at once.
+        extensions = [ServerPerMessageDeflateFactory()] if server.compression else None
+        self._ws = ServerProtocol(max_size=server.max_size, extensions=extensions)
         assert self._ws is not None
         for data in self._early:  # bytes that arrived between TLS and the identity check
             self._ws.receive_data(data)
@@ -156,9 +234,13 @@ class WebSocketChannel(asyncio.Protocol):
         try:
             request = await asyncio.wait_for(self._request, server.handshake_timeout)
         except (TimeoutError, asyncio.TimeoutError):
-            raise _Refused(f"no WebSocket upgrade within {server.handshake_timeout:g}s") from None
+            raise _Refused(
+                "upgrade_timeout", f"no WebSocket upgrade within {server.handshake_timeout:g}s"
+            ) from None
         if request is None:
-            raise _Refused(f"invalid WebSocket upgrade request ({self._ws.handshake_exc})")
+            raise _Refused(
+                "bad_upgrade", f"invalid WebSocket upgrade request ({self._ws.handshake_exc})"
+            )
         if request.path != PATH:
             response = self._ws.reject(404, f"edgesync speaks WebSocket on {PATH}\n")
         else:
@@ -166,7 +248,11 @@ class WebSocketChannel(asyncio.Protocol):
         self._ws.send_response(response)
         self._write_pending()
         if self._ws.state is not State.OPEN:
-            raise _Refused(f"WebSocket upgrade refused: HTTP {response.status_code} {request.path}")
+            raise _Refused(
+                "bad_upgrade",
+                f"WebSocket upgrade refused: HTTP {response.status_code} "
+                f"{escape_text(request.path, 200)} (node {self.node})",
+            )
 
     # ------------------------------------------------------------ frames
 
@@ -270,9 +356,18 @@ class WebSocketServer:
         max_frame_bytes: int,
         handshake_timeout: float,
         compression: bool = False,
+        *,
+        ca: x509.Certificate,
+        refusals: RefusalLog | None = None,
+        max_pending: int = 1024,
     ) -> None:
         self.handler = handler
         self.ssl_context = ssl_context
+        self.ca = ca
+        self.refusals = refusals or RefusalLog()
+        self.max_pending = max_pending
+        """Connections allowed to be unauthenticated at once (waiting for or in TLS)."""
+        self.pending = 0
         # Frames somewhat above the protocol limit still reach the codec, which
         # answers with a typed `frame_too_large` error; far larger ones are cut
         # off here by websockets (close code 1009) without buffering them.
@@ -301,20 +396,22 @@ class WebSocketServer:
             task.cancel()
 
 
-def _describe_tls_error(exc: BaseException) -> str:
-    text = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-    if "EXPIRED" in str(exc).upper():
-        return f"the client certificate has expired; re-join the node ({text})"
+def _describe_tls_error(exc: BaseException) -> tuple[str, str]:
+    """(reason, operator text) of a TLS handshake that failed outside certificate checks."""
+    text = str(getattr(exc, "reason", None) or exc or type(exc).__name__)
+    upper = str(exc).upper()
+    if "PEER_DID_NOT_RETURN_A_CERTIFICATE" in upper:
+        return certpolicy.NO_CERTIFICATE, f"{certpolicy.HINTS[certpolicy.NO_CERTIFICATE]} ({text})"
     hints = {
-        "PEER_DID_NOT_RETURN_A_CERTIFICATE": "the client sent no certificate",
-        "CERTIFICATE_VERIFY_FAILED": "the client certificate is not signed by this cloud's CA",
         "TLSV1_ALERT_UNKNOWN_CA": "the client does not trust this cloud's CA",
         "HTTP_REQUEST": "plain HTTP was sent to the TLS port",
         "WRONG_VERSION_NUMBER": "the client does not speak TLS",
+        "NO_SHARED_CIPHER": "no cipher in common (a scanner, or a very old client)",
+        "UNSUPPORTED_PROTOCOL": "the client offers only TLS versions below 1.2",
     }
     for key, hint in hints.items():
-        if key in str(text).upper():
-            return f"{hint} ({text})"
+        if key in upper:
+            return "tls_failed", f"{hint} ({text})"
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
-        return "no TLS handshake in time"
-    return str(text)
+        return "handshake_timeout", "no TLS handshake in time"
+    return "tls_failed", escape_text(text, 200)
