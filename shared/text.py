@@ -67,7 +67,7 @@ class ReportLimits:
     max_depth: int = 3
     """Nesting of mappings and lists; deeper values are dropped."""
     max_total_bytes: int = 16 * 1024
-    """The JSON encoding of the whole mapping; entries are dropped from the end to fit."""
+    """The whole mapping as compact UTF-8 JSON; entries are dropped from the end to fit."""
 
 
 SOFTWARE_MAX_CHARS = 128
@@ -100,10 +100,10 @@ def bound_report(
         return {}, notes
     bounded = _bound(value, limits, 1, notes, "")
     assert isinstance(bounded, dict)
-    size = len(_encode(bounded))
+    size = encoded_size(bounded)
     if size > limits.max_total_bytes:
         keys = list(bounded)
-        while keys and len(_encode(bounded)) > limits.max_total_bytes:
+        while keys and encoded_size(bounded) > limits.max_total_bytes:
             del bounded[keys.pop()]
         notes.append(
             f"{size} bytes encoded, above {limits.max_total_bytes}: "
@@ -132,8 +132,9 @@ def bound_labels(value: object) -> tuple[dict[str, str], list[str]]:
     return labels, notes
 
 
-def _encode(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+def encoded_size(value: Any) -> int:
+    """Bytes of `value` as compact UTF-8 JSON: the measure of `max_total_bytes`."""
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 def _bound(value: Any, limits: ReportLimits, depth: int, notes: list[str], path: str) -> Any:
