@@ -70,8 +70,8 @@ class ReportLimits:
     """The whole mapping as compact UTF-8 JSON; entries are dropped from the end to fit."""
 
 
-SOFTWARE_MAX_CHARS = 128
-"""The `software` string of a hello."""
+SOFTWARE_MAX_CHARS = 63
+"""The `software` string of a hello (63 + "…" fits the store's 64-character column)."""
 LABEL_MAX = 64
 LABEL_KEY_MAX_CHARS = 63
 LABEL_VALUE_MAX_CHARS = 256
