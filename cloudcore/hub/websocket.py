@@ -28,6 +28,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -49,12 +50,123 @@ log = logging.getLogger(__name__)
 
 PATH = "/edgesync/v1"
 _DATA_OPCODES = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
+_TLS_HANDSHAKE_RECORD = 0x16
+"""The first byte of every TLS ClientHello (record type: handshake)."""
 
 
 class _Refused(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class _Doorman(asyncio.Protocol):
+    """A connection until its client speaks: no task, no buffers, a few hundred bytes.
+
+    Reading is paused the instant TCP connects. A duplicate of the descriptor is
+    watched for readability and only peeked at, so the ClientHello stays in the
+    kernel for TLS to read; only then does the connection get a WebSocketChannel
+    and asyncio's TLS layer (with its 256 KiB buffer). A client that stays silent
+    for `handshake_timeout`, closes, or does not start with a TLS handshake record
+    is refused here.
+    """
+
+    def __init__(self, server: WebSocketServer) -> None:
+        self._server = server
+        self._transport: asyncio.Transport | None = None
+        self._dup: socket.socket | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._counted = False
+        self.peer = "unknown"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()  # not one byte before TLS owns the socket
+        self._transport = transport
+        addr = transport.get_extra_info("peername")
+        self.peer = f"{addr[0]}:{addr[1]}" if addr else "unknown"
+        server = self._server
+        if server.pending >= server.max_pending:
+            self._refuse(
+                "too_many_handshakes",
+                f"{server.pending} connections are already unauthenticated "
+                "(hub.max_pending_handshakes); a scan or a flood? closed at once",
+            )
+            return
+        server.pending += 1
+        self._counted = True
+        raw = transport.get_extra_info("socket")
+        loop = asyncio.get_running_loop()
+        if raw is None:  # not a socket transport (never with create_server): go on at once
+            self._admit()
+            return
+        self._dup = socket.socket(fileno=os.dup(raw.fileno()))
+        loop.add_reader(self._dup.fileno(), self._readable)
+        self._timer = loop.call_later(server.handshake_timeout, self._idle)
+        server.doormen.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._release()
+        self._uncount()
+
+    def _readable(self) -> None:
+        assert self._dup is not None
+        try:
+            first = self._dup.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return  # spurious wake-up
+        except OSError:
+            first = b""
+        self._release()
+        if not first:
+            self._refuse("closed_before_tls", "connection closed before the TLS handshake")
+        elif first[0] != _TLS_HANDSHAKE_RECORD:
+            hint = " (plain HTTP?)" if first in b"GPHDOC" else ""
+            self._refuse(
+                "not_tls", f"the client does not speak TLS: first byte 0x{first[0]:02x}{hint}"
+            )
+        else:
+            self._admit()
+
+    def _admit(self) -> None:
+        assert self._transport is not None
+        channel = WebSocketChannel(self._server, self._transport, self.peer)
+        self._counted = False  # the channel counts itself from here
+        self._server.spawn(channel._serve())
+
+    def _idle(self) -> None:
+        self._timer = None
+        self._release()
+        timeout = self._server.handshake_timeout
+        self._refuse("handshake_timeout", f"no TLS ClientHello within {timeout:g}s (idle socket)")
+
+    def _refuse(self, reason: str, message: str) -> None:
+        self._server.refusals.refuse("WebSocket", self.peer, reason, message)
+        self._uncount()
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _release(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._dup is not None:
+            asyncio.get_running_loop().remove_reader(self._dup.fileno())
+            self._dup.close()
+            self._dup = None
+        self._server.doormen.discard(self)
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._server.pending -= 1
+
+    def close(self) -> None:
+        """Server shutdown: drop the connection."""
+        self._release()
+        self._uncount()
+        if self._transport is not None:
+            self._transport.abort()
 
 
 class WebSocketChannel(asyncio.Protocol):
@@ -64,13 +176,13 @@ class WebSocketChannel(asyncio.Protocol):
     methods (`recv`, `send`, `close`).
     """
 
-    def __init__(self, server: WebSocketServer) -> None:
+    def __init__(self, server: WebSocketServer, transport: asyncio.Transport, peer: str) -> None:
         self._server = server
         self._loop = asyncio.get_running_loop()
-        self._transport: asyncio.Transport | None = None
+        self._transport: asyncio.Transport | None = transport
         self._ws: ServerProtocol | None = None
         self.node = ""
-        self.peer = "unknown"
+        self.peer = peer
         self._frames: asyncio.Queue[bytes | LinkError] = asyncio.Queue()
         self._fragments: list[bytes] = []
         self._early: list[bytes] = []
@@ -79,7 +191,7 @@ class WebSocketChannel(asyncio.Protocol):
         self._can_write.set()
         self._lost = False
         self._closed_by_us = False
-        self._pending = False
+        self._pending = True  # counted by the doorman that handed the connection over
 
     @property
     def transport(self) -> str:
@@ -88,26 +200,7 @@ class WebSocketChannel(asyncio.Protocol):
     # ------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        if self._transport is None:  # the plain TCP connection
-            transport.pause_reading()  # not one byte before TLS owns the socket
-            addr = transport.get_extra_info("peername")
-            self.peer = f"{addr[0]}:{addr[1]}" if addr else "unknown"
-            self._transport = transport
-            server = self._server
-            if server.pending >= server.max_pending:
-                server.refusals.refuse(
-                    "WebSocket",
-                    self.peer,
-                    "too_many_handshakes",
-                    f"{server.pending} connections are already unauthenticated "
-                    f"(hub.max_pending_handshakes); a scan or a flood? closed at once",
-                )
-                transport.abort()
-                return
-            server.pending += 1
-            self._pending = True
-            server.spawn(self._serve())
+        pass  # the TLS transport: start_tls hands it over as its result
 
     def data_received(self, data: bytes) -> None:
         if self._ws is None or self.node == "":  # nothing is parsed before identity is known
@@ -159,43 +252,9 @@ class WebSocketChannel(asyncio.Protocol):
         finally:
             await self.close()
 
-    async def _client_speaks(self) -> None:
-        """Wait until the client has sent its first bytes, without reading them.
-
-        The transport is paused (its reader is off), so watch a duplicate of the
-        descriptor: the ClientHello stays in the kernel for TLS to read.
-        """
-        assert self._transport is not None
-        sock = self._transport.get_extra_info("socket")
-        if sock is None:
-            return
-        loop = self._loop
-        ready: asyncio.Future[None] = loop.create_future()
-
-        def readable() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        fd = os.dup(sock.fileno())
-        try:
-            loop.add_reader(fd, readable)
-            try:
-                await asyncio.wait_for(ready, self._server.handshake_timeout)
-            except (TimeoutError, asyncio.TimeoutError):
-                raise _Refused(
-                    "handshake_timeout",
-                    f"no TLS ClientHello within {self._server.handshake_timeout:g}s (idle socket)",
-                ) from None
-        finally:
-            loop.remove_reader(fd)
-            os.close(fd)
-
     async def _open(self) -> None:
         server, loop = self._server, self._loop
         assert self._transport is not None
-        await self._client_speaks()
-        if self._lost:
-            raise _Refused("tls_failed", "connection closed before the TLS handshake")
         try:
             tls = await loop.start_tls(
                 self._transport,
@@ -368,6 +427,7 @@ class WebSocketServer:
         self.max_pending = max_pending
         """Connections allowed to be unauthenticated at once (waiting for or in TLS)."""
         self.pending = 0
+        self.doormen: set[_Doorman] = set()
         # Frames somewhat above the protocol limit still reach the codec, which
         # answers with a typed `frame_too_large` error; far larger ones are cut
         # off here by websockets (close code 1009) without buffering them.
@@ -381,7 +441,7 @@ class WebSocketServer:
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the bound port (useful with port 0)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: WebSocketChannel(self), host, port)
+        self._server = await loop.create_server(lambda: _Doorman(self), host, port)
         return int(self._server.sockets[0].getsockname()[1])
 
     def spawn(self, coro: Awaitable[None]) -> None:
@@ -392,6 +452,8 @@ class WebSocketServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+        for doorman in list(self.doormen):
+            doorman.close()
         for task in list(self._tasks):
             task.cancel()
 

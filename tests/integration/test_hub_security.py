@@ -531,3 +531,38 @@ async def test_connections_above_the_pending_handshake_cap_are_closed_at_once(
     late = await cloud.edge(ident)
     await assert_node_works(cloud, late)
     await assert_node_works(cloud, good)
+
+
+async def test_plain_http_to_the_tls_port_is_refused_before_tls_starts(
+    cloud: Cloud, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = await good_node(cloud, tmp_path)
+    loop = asyncio.get_running_loop()
+    sock = await connected_socket(cloud.ws_port)
+    peer = peer_of(sock)
+    try:
+        await loop.sock_sendall(sock, b"GET /edgesync/v1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            data = await asyncio.wait_for(loop.sock_recv(sock, 1024), 5)
+        except ConnectionResetError:
+            data = b""
+    finally:
+        sock.close()
+
+    assert data == b""
+    assert cloud.hub.stats.connections_refused == {"not_tls": 1}
+    assert warnings_naming(caplog, peer, "does not speak TLS: first byte 0x47 (plain HTTP?)")
+    await assert_node_works(cloud, good)
+
+
+async def test_a_client_that_connects_and_leaves_is_counted_without_tls(
+    cloud: Cloud, tmp_path: Path
+) -> None:
+    good = await good_node(cloud, tmp_path)
+    sock = await connected_socket(cloud.ws_port)
+    sock.close()
+
+    counts = cloud.hub.stats.connections_refused
+    await eventually(lambda: counts.get("closed_before_tls") == 1, what="counted")
+    await eventually(lambda: ws_pending(cloud) == 0, what="not pending any more")
+    await assert_node_works(cloud, good)
