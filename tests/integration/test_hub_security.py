@@ -566,3 +566,54 @@ async def test_a_client_that_connects_and_leaves_is_counted_without_tls(
     await eventually(lambda: counts.get("closed_before_tls") == 1, what="counted")
     await eventually(lambda: ws_pending(cloud) == 0, what="not pending any more")
     await assert_node_works(cloud, good)
+
+
+async def test_a_resent_upstream_message_is_skipped_and_acked_not_a_protocol_error(
+    cloud: Cloud, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/protocol.md §6.2/§6.4 (the tolerant rule): a resent seq at or below what the
+    cloud received is skipped and acked again; the session stays open, nothing is stored
+    twice."""
+    edge = await bad_node(cloud, tmp_path, "resender")
+    await cloud.apply_task(task_document("job", ["resender"]))
+    await edge.wait_frame(lambda f: f.res == "task/default/job")
+    result = {
+        "run_id": "run-1",
+        "generation": 1,
+        "epoch": 1,
+        "phase": "succeeded",
+        "exit_code": 0,
+        "stdout_tail": "once",
+    }
+    edge.session.send(Op.RESULT, "task/default/job", 1, result, time.monotonic())
+    await edge.flush()
+    await edge.wait_event(AckReceived, lambda e: e.cursor == 1)
+    acks_before = len([f for f in edge.frames if f.op is Op.ACK and f.seq == 1])
+
+    resent = json.dumps(
+        {
+            "v": 1,
+            "id": "resend-1",
+            "ts": now_ms(),
+            "op": "result",
+            "res": "task/default/job",
+            "seq": 1,
+            "body": result,
+        }
+    )
+    await edge.send_raw(resent)
+
+    await edge.wait_frame(
+        lambda f: (
+            f.op is Op.ACK
+            and f.seq == 1
+            and len([g for g in edge.frames if g.op is Op.ACK and g.seq == 1]) > acks_before
+        )
+    )
+    await edge.ping()
+    assert not edge.closed.is_set()
+    assert edge.fatal_error() is None
+    stored = await cloud.db(cloud.store.results_for, "task/default/job")
+    assert [(r["seq"], r["run_id"]) for r in stored] == [(1, "run-1")]
+    assert cloud.hub.sessions["resender"].session.duplicates_skipped == 1
+    assert not warnings_naming(caplog, "protocol violation")
