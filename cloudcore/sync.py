@@ -305,7 +305,9 @@ class NodeSession(SessionDriver):
         start = await hub.db.run(
             hub.store.node_connected,
             self.node,
-            store_id=str(body.get("store_id", ""))[:64],
+            # Opaque, but logged by the store when it changes: escaped (deterministically,
+            # so the same id compares equal at every hello) and cut to the column.
+            store_id=escape_text(body.get("store_id", ""), 64)[:64],
             labels=labels,
             capacity=capacity,
             software=software,

@@ -34,7 +34,6 @@ from aioquic.asyncio.server import QuicServer, serve
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.tls import SessionTicket
-from cryptography import x509
 
 from cloudcore.hub.refusals import RefusalLog
 from shared import certpolicy, pki
@@ -65,14 +64,6 @@ class _ConnectionTickets:
 
     issued: SessionTicket | None = None
     resumed: _Ticket | None = None
-
-
-def verify_client_certificate(
-    cert: x509.Certificate | None, ca: x509.Certificate, now: dt.datetime
-) -> str:
-    """The node name of an acceptable client certificate (the shared policy); raises
-    CertificateRefused otherwise. Kept under this name for callers of the QUIC hub."""
-    return certpolicy.check_client_certificate(cert, ca, now)
 
 
 class QuicHubServer:
