@@ -21,7 +21,7 @@ class HubConfig:
     missed_pings: int = setting(3, "pings missed before a session is dead and its node NotReady")
     handshake_timeout: float = setting(10.0, "seconds a new connection has to say hello")
     max_pending_handshakes: int = setting(
-        1024, "WebSocket connections allowed to be unauthenticated at once; more are closed"
+        256, "WebSocket connections allowed to be unauthenticated at once; more are closed"
     )
     compression: bool = setting(
         False, "permessage-deflate on WebSocket (costs ~33 KiB RAM per connection)"

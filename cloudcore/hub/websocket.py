@@ -42,6 +42,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from cloudcore.hub.refusals import RefusalLog
+from cloudcore.hub.tls import HeapTrimmer
 from shared import certpolicy
 from shared.errors import CertificateRefused, LinkBroken, LinkClosed, LinkError, PeerClosed
 from shared.text import escape_text
@@ -244,6 +245,7 @@ class WebSocketChannel(asyncio.Protocol):
         except _Refused as exc:
             server.refusals.refuse("WebSocket", self.peer, exc.reason, str(exc))
             self._abort()
+            server.trimmer.note_release()
             return
         finally:
             self._authenticated()
@@ -251,6 +253,7 @@ class WebSocketChannel(asyncio.Protocol):
             await server.handler(self)
         finally:
             await self.close()
+            server.trimmer.note_release()
 
     async def _open(self) -> None:
         server, loop = self._server, self._loop
@@ -264,10 +267,12 @@ class WebSocketChannel(asyncio.Protocol):
                 ssl_handshake_timeout=server.handshake_timeout,
             )
         except ssl.SSLCertVerificationError as exc:
+            _release_handshake(exc)
             reason = certpolicy.reason_for_openssl_code(exc.verify_code)
             detail = certpolicy.refused(reason, exc.verify_message or str(exc))
             raise _Refused(reason, f"TLS handshake failed: {detail}") from None
         except (ssl.SSLError, ConnectionError, OSError, TimeoutError, asyncio.TimeoutError) as exc:
+            _release_handshake(exc)
             server.tls_failures += 1
             reason, text = _describe_tls_error(exc)
             raise _Refused(reason, f"TLS handshake failed: {text}") from None
@@ -418,7 +423,7 @@ class WebSocketServer:
         *,
         ca: x509.Certificate,
         refusals: RefusalLog | None = None,
-        max_pending: int = 1024,
+        max_pending: int = 256,
     ) -> None:
         self.handler = handler
         self.ssl_context = ssl_context
@@ -428,6 +433,8 @@ class WebSocketServer:
         """Connections allowed to be unauthenticated at once (waiting for or in TLS)."""
         self.pending = 0
         self.doormen: set[_Doorman] = set()
+        self.trimmer = HeapTrimmer()
+        """Gives TLS buffers back to the OS after bursts of connections (glibc)."""
         # Frames somewhat above the protocol limit still reach the codec, which
         # answers with a typed `frame_too_large` error; far larger ones are cut
         # off here by websockets (close code 1009) without buffering them.
@@ -452,10 +459,25 @@ class WebSocketServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+        self.trimmer.stop()
         for doorman in list(self.doormen):
             doorman.close()
         for task in list(self._tasks):
             task.cancel()
+
+
+def _release_handshake(exc: BaseException) -> None:
+    """Let a failed TLS handshake's memory go now, not at the next full garbage collection.
+
+    The exception's traceback holds `loop.start_tls`'s frame, whose waiter future holds
+    the exception: a reference cycle that keeps asyncio's SSLProtocol and its 256 KiB
+    buffer alive until the cyclic collector runs, which for long-lived objects can be
+    never in practice (measured: +300 MB per 1,000 stalled handshakes, not returned).
+    Dropping the traceback breaks the cycle, so reference counting frees it at once.
+    """
+    exc.__traceback__ = None
+    if exc.__context__ is not None:
+        exc.__context__.__traceback__ = None
 
 
 def _describe_tls_error(exc: BaseException) -> tuple[str, str]:
