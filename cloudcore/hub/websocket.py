@@ -4,7 +4,8 @@ Built on an asyncio Protocol and websockets' sans-I/O `ServerProtocol`
 instead of websockets' asyncio server, so that this module owns the TLS
 handshake:
 - reading is paused the instant TCP connects, and TLS starts before any
-  byte is read (nothing of the client's hello can be lost);
+  byte is read (the first bytes are only peeked at), so nothing of the
+  client's hello can be lost;
 - a client with no certificate, or one from another CA, is logged with its
   address and the reason (asyncio's own TLS server drops such failures
   silently);
@@ -13,9 +14,10 @@ handshake:
   transports share (shared/certpolicy.py);
 - nothing TLS-sized is allocated before the client speaks: asyncio's TLS
   layer takes a 256 KiB read buffer per connection at `start_tls`, so the
-  hub first waits (on a dup of the socket's descriptor, reading nothing)
-  until the ClientHello is there, and a socket that stays silent is closed
-  after `handshake_timeout`;
+  hub first waits (`_Doorman`: no task, on a dup of the socket's descriptor,
+  reading nothing) until the ClientHello is there, and a socket that stays
+  silent is closed after `handshake_timeout`; a failed handshake's memory is
+  freed at once and returned to the OS after a burst (cloudcore/hub/tls.py);
 - at most `max_pending` connections may be unauthenticated at once; beyond
   that a new connection is closed at once (counted, and logged within the
   refusal log's budget).
