@@ -16,6 +16,7 @@ from aiohttp import web
 from cloudcore.api import Api
 from cloudcore.config import CloudConfig
 from cloudcore.hub.quic import QuicHubServer
+from cloudcore.hub.refusals import RefusalLog
 from cloudcore.hub.tls import server_context
 from cloudcore.hub.websocket import WebSocketServer
 from cloudcore.pki import CloudPKI
@@ -40,9 +41,12 @@ class CloudCore:
         self.hub = Hub(
             self.store, self.db, self.clock, config.hub.session_config(), config.result_history
         )
+        self.refusals = RefusalLog(self.hub.stats.connections_refused)
+        """Edge connections refused before a session: counted in hub.stats, logged in a budget."""
         self.scheduler = Scheduler(self.store, self.db, self.clock, self.hub.notify)
         self.hub.on_labels_changed = lambda node: self.scheduler.request(nodes={node})
         self.websocket_port = 0
+        self.websocket_server: WebSocketServer | None = None
         self.quic_port: int | None = None
         self.api_port = 0
         self.api_app: web.Application | None = None
@@ -61,13 +65,18 @@ class CloudCore:
         ws_ssl = server_context(
             self.pki.server_cert_path, self.pki.server_key_path, self.pki.ca_cert_path
         )
+        refusals = self.refusals
         ws = WebSocketServer(
             self.hub.serve,
             ws_ssl,
             self.config.hub.max_frame_bytes,
             self.config.hub.handshake_timeout,
             self.config.hub.compression,
+            ca=self.pki.ca_cert,
+            refusals=refusals,
+            max_pending=self.config.hub.max_pending_handshakes,
         )
+        self.websocket_server = ws
         self.websocket_port = await ws.start(self.config.hub.listen, self.config.hub.websocket_port)
         quic: QuicHubServer | None = None
         if self.config.hub.quic_port >= 0:
@@ -78,6 +87,7 @@ class CloudCore:
                 self.pki.ca_cert_path,
                 self.config.hub.max_frame_bytes,
                 self.config.hub.quic_idle_timeout,
+                refusals=refusals,
             )
             self.quic_port = await quic.start(self.config.hub.listen, self.config.hub.quic_port)
         api = Api(
@@ -135,6 +145,7 @@ class CloudCore:
                 await quic.stop()
             await runner.cleanup()
             api.bodies.close()
+            refusals.close()
             self.db.shutdown()
             self.store.close()
 

@@ -57,6 +57,11 @@ class HubConfig:
     handshake_timeout: float = setting(
         10.0, "seconds a new connection has to say hello", check=POSITIVE_SECONDS
     )
+    max_pending_handshakes: int = setting(
+        256,
+        "WebSocket connections allowed to be unauthenticated at once; more are closed",
+        check=in_range(1, 1_000_000),
+    )
     compression: bool = setting(
         False, "permessage-deflate on WebSocket (costs ~33 KiB RAM per connection)"
     )

@@ -32,8 +32,11 @@ from shared.config import (
     yaml_error_text,
 )
 from shared.errors import ConfigError
+from shared.text import escape_text
 
 TIMEOUT = 30.0
+CELL_MAX_CHARS = 80
+"""Longest table cell (before escaping); `-o yaml|json` shows the whole value."""
 
 
 class CtlError(Exception):
@@ -111,6 +114,9 @@ class Client:
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
+    """Aligned columns. Every cell is escaped: much of it is what a node reported about
+    itself, and a raw CR, LF or escape sequence would forge rows or repaint the screen."""
+    rows = [[escape_text(v, CELL_MAX_CHARS) for v in r] for r in rows]
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
     lines = [
         "  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
@@ -129,11 +135,27 @@ def _age(ms: int) -> str:
     return f"{seconds}s"
 
 
+class _SafeDumper(yaml.SafeDumper):
+    """YAML whose strings never put a raw control character, CR or LF on the terminal:
+    any string that is not printable as it stands is written double-quoted, where YAML
+    escapes them (\\n, \\e, \\u202E). The data stays faithful: it loads back equal."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    style = None if text.isprintable() else '"'
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_SafeDumper.add_representer(str, _represent_str)
+
+
 def _print(data: Any, fmt: str) -> None:
+    """-o json / -o yaml: the whole value, escaped by the format (json.dumps escapes every
+    control and non-ASCII character; the YAML dumper double-quotes such strings)."""
     if fmt == "json":
         print(json.dumps(data, indent=2, sort_keys=True))
     else:
-        print(yaml.safe_dump(data, sort_keys=False).rstrip())
+        print(yaml.dump(data, Dumper=_SafeDumper, sort_keys=False, width=1 << 16).rstrip())
 
 
 def cmd_token_create(client: Client, args: argparse.Namespace) -> None:
@@ -290,7 +312,7 @@ def cmd_task_get(client: Client, args: argparse.Namespace) -> None:
             str(a["epoch"]),
             str(a["runs"]),
             str((a.get("last_result") or {}).get("exit_code", "-")),
-            ((a.get("last_result") or {}).get("stdout_tail") or "").strip()[-40:],
+            str((a.get("last_result") or {}).get("stdout_tail") or "").strip()[-40:],
         ]
         for a in task["assignments"]
     ]

@@ -32,6 +32,13 @@ from shared.protocol.events import (
 from shared.protocol.messages import Envelope, Op
 from shared.protocol.session import Session, SessionConfig
 from shared.protocol.states import Role, State
+from shared.text import (
+    SOFTWARE_MAX_CHARS,
+    bound_labels,
+    bound_report,
+    bound_string,
+    escape_text,
+)
 from shared.transport import Channel
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,13 @@ PUMP_BATCH = 256
 QUEUE_LIMIT = 1024
 """Rows a caught-up session holds in memory before it falls back to reading the store."""
 PROGRESS_DELAY = 0.02
+NOTE_MAX_CHARS = 300
+"""Longest node-supplied text (an error reason, a close reason) quoted in one log line."""
+
+
+def _quote(text: object) -> str:
+    """Node-supplied text as it may appear in a cloud log line: escaped, one line, bounded."""
+    return escape_text(text, NOTE_MAX_CHARS)
 
 
 @dataclass
@@ -54,6 +68,12 @@ class HubStats:
     upstream_refused: int = 0
     protocol_errors: int = 0
     refused_by_reason: dict[str, int] = field(default_factory=dict)
+    """Upstream messages refused (forbidden, ...), by verdict."""
+    connections_refused: dict[str, int] = field(default_factory=dict)
+    """Edge connections refused before a session (no_certificate, expired, foreign_ca,
+    handshake_timeout, too_many_handshakes, ...), both transports, by reason."""
+    reports_trimmed: int = 0
+    """hello and heartbeat bodies cut to the report limits (shared/text.py)."""
 
 
 class Hub:
@@ -174,6 +194,7 @@ class NodeSession(SessionDriver):
         self._caught_up = False
         self._queued: deque[DesiredRow] = deque()
         self._offers = 0  # bumped by every offer: a read that raced one is not trusted
+        self._heartbeat_trimmed = False
 
     def offer(self, rows: list[DesiredRow]) -> None:
         """Rows just committed for this node, in rv order."""
@@ -231,7 +252,7 @@ class NodeSession(SessionDriver):
             except (TimeoutError, asyncio.TimeoutError):
                 continue
             except LinkError as exc:
-                self.close_reason = str(exc)
+                self.close_reason = _quote(exc)
                 return False
             self.session.receive_frame(frame, clock.monotonic())
         for event in self.session.events_received():
@@ -270,15 +291,26 @@ class NodeSession(SessionDriver):
             hub.sessions[self.node] = self
             await old.shut(f"replaced by a new connection from {self.channel.peer}")
         hub.sessions[self.node] = self
-        labels = body.get("labels")
-        capacity = body.get("capacity")
+        # What a node says about itself is bounded before it is stored and served
+        # (docs/protocol.md, "Limits on what a node reports").
+        labels, label_notes = bound_labels(body.get("labels"))
+        capacity, capacity_notes = bound_report(body.get("capacity"))
+        software, software_cut = bound_string(body.get("software", ""), SOFTWARE_MAX_CHARS)
+        notes = [*label_notes, *(f"capacity: {n}" for n in capacity_notes)]
+        if software_cut:
+            notes.append(f"software: cut to {SOFTWARE_MAX_CHARS} chars")
+        if notes:
+            hub.stats.reports_trimmed += 1
+            self._trim_warning("hello", notes)
         start = await hub.db.run(
             hub.store.node_connected,
             self.node,
-            store_id=str(body.get("store_id", ""))[:64],
-            labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
-            capacity=capacity if isinstance(capacity, dict) else {},
-            software=str(body.get("software", "")),
+            # Opaque, but logged by the store when it changes: escaped (deterministically,
+            # so the same id compares equal at every hello) and cut to the column.
+            store_id=escape_text(body.get("store_id", ""), 64)[:64],
+            labels=labels,
+            capacity=capacity,
+            software=software,
             applied_rv=hello.applied_rv,
             transport=self.channel.transport,
             peer=self.channel.peer,
@@ -320,10 +352,10 @@ class NodeSession(SessionDriver):
     # ------------------------------------------------------------ loops
 
     def link_lost(self, exc: LinkError) -> None:
-        self.close_reason = str(exc)
+        self.close_reason = _quote(exc)
         clean = isinstance(exc, (PeerClosed, LinkClosed))
         level = logging.INFO if clean else logging.WARNING
-        log.log(level, "node %s (%s): link lost: %s", self.node, self.channel.peer, exc)
+        log.log(level, "node %s (%s): link lost: %s", self.node, self.channel.peer, _quote(exc))
 
     async def work(self) -> None:
         await self._apply_upstream()
@@ -340,20 +372,35 @@ class NodeSession(SessionDriver):
                 if self._queued or not self._caught_up:
                     self._wake.set()  # window space, and something may be waiting for it
             elif isinstance(event, PingReceived):
-                self.hub.note_heartbeat(self.node, event.body)
+                heartbeat, notes = bound_report(event.body)
+                if notes:
+                    self.hub.stats.reports_trimmed += 1
+                    if not self._heartbeat_trimmed:  # once per session, not per heartbeat
+                        self._heartbeat_trimmed = True
+                        self._trim_warning("heartbeat", notes)
+                self.hub.note_heartbeat(self.node, heartbeat)
             elif isinstance(event, ErrorReceived) and not event.fatal:
                 log.warning(
                     "node %s reported an error about message %s: %s: %s",
                     self.node,
-                    event.parent,
-                    event.code,
-                    event.reason,
+                    _quote(event.parent),
+                    _quote(event.code),
+                    _quote(event.reason),
                 )
             elif isinstance(event, SessionClosed):
                 self._log_closed(event)
 
+    def _trim_warning(self, what: str, notes: list[str]) -> None:
+        log.warning(
+            "node %s (%s): %s trimmed to the report limits: %s",
+            self.node,
+            self.channel.peer,
+            what,
+            _quote("; ".join(notes[:5]) + (f"; {len(notes) - 5} more" if len(notes) > 5 else "")),
+        )
+
     def _log_closed(self, event: SessionClosed) -> None:
-        self.close_reason = f"{event.code}: {event.reason}"
+        self.close_reason = f"{_quote(event.code)}: {_quote(event.reason)}"
         if event.by_peer:
             log.info(
                 "node %s (%s) closed its session: %s",
@@ -393,8 +440,8 @@ class NodeSession(SessionDriver):
                     "node %s: %s for %s recorded as stale: %s",
                     self.node,
                     env.op.value,
-                    env.res,
-                    outcome.detail,
+                    _quote(env.res),
+                    _quote(outcome.detail),
                 )
             else:
                 hub.stats.upstream_refused += 1
@@ -406,9 +453,9 @@ class NodeSession(SessionDriver):
                     self.node,
                     self.channel.peer,
                     env.op.value,
-                    env.res,
+                    _quote(env.res),
                     env.seq,
-                    outcome.detail,
+                    _quote(outcome.detail),
                 )
                 self.session.send_error(outcome.verdict, outcome.detail, env.id, now)
         top = max(env.seq or 0 for env in batch)

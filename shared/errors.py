@@ -18,6 +18,7 @@ meets them.
     │   ├── Forbidden               a node touched a resource that is not its own
     │   └── JoinError               a join token or CSR was refused
     ├── PKIError                    certificate/key material is missing or invalid
+    │   └── CertificateRefused      a peer's certificate fails the policy (`reason` says why)
     ├── ResourceError               an operator's resource document is invalid
     ├── RunRefused                  the edge refused to start a run (env, workdir, user policy)
     ├── NotFound                    a named object does not exist
@@ -103,6 +104,17 @@ class JoinError(AuthError):
 
 class PKIError(EdgesyncError):
     """Keys or certificates are missing, unreadable or do not verify."""
+
+
+class CertificateRefused(PKIError):
+    """A client certificate fails the cloud's policy (shared/certpolicy.py).
+
+    `reason` is a short stable code (expired, foreign_ca, ...) used as a metric
+    label; the message says what the operator should do."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ResourceError(EdgesyncError):

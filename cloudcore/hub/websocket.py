@@ -4,23 +4,38 @@ Built on an asyncio Protocol and websockets' sans-I/O `ServerProtocol`
 instead of websockets' asyncio server, so that this module owns the TLS
 handshake:
 - reading is paused the instant TCP connects, and TLS starts before any
-  byte is read (nothing of the client's hello can be lost);
+  byte is read (the first bytes are only peeked at), so nothing of the
+  client's hello can be lost;
 - a client with no certificate, or one from another CA, is logged with its
   address and the reason (asyncio's own TLS server drops such failures
   silently);
 - the node identity is read from the verified certificate before any
-  WebSocket byte is parsed.
+  WebSocket byte is parsed, through the one certificate policy both
+  transports share (shared/certpolicy.py);
+- nothing TLS-sized is allocated before the client speaks: asyncio's TLS
+  layer takes a 256 KiB read buffer per connection at `start_tls`, so the
+  hub first waits (`_Doorman`: no task, on a dup of the socket's descriptor,
+  reading nothing) until the ClientHello is there, and a socket that stays
+  silent is closed after `handshake_timeout`; a failed handshake's memory is
+  freed at once and returned to the OS after a burst (cloudcore/hub/tls.py);
+- at most `max_pending` connections may be unauthenticated at once; beyond
+  that a new connection is closed at once (counted, and logged within the
+  refusal log's budget).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
+import os
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from cryptography import x509
 from websockets.exceptions import InvalidState
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
@@ -28,17 +43,133 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from shared.errors import LinkBroken, LinkClosed, LinkError, PeerClosed, PKIError
-from shared.pki import node_name_from_der
+from cloudcore.hub.refusals import RefusalLog
+from cloudcore.hub.tls import HeapTrimmer
+from shared import certpolicy
+from shared.errors import CertificateRefused, LinkBroken, LinkClosed, LinkError, PeerClosed
+from shared.text import escape_text
 
 log = logging.getLogger(__name__)
 
 PATH = "/edgesync/v1"
 _DATA_OPCODES = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
+_TLS_HANDSHAKE_RECORD = 0x16
+"""The first byte of every TLS ClientHello (record type: handshake)."""
 
 
 class _Refused(Exception):
-    pass
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class _Doorman(asyncio.Protocol):
+    """A connection until its client speaks: no task, no buffers, a few hundred bytes.
+
+    Reading is paused the instant TCP connects. A duplicate of the descriptor is
+    watched for readability and only peeked at, so the ClientHello stays in the
+    kernel for TLS to read; only then does the connection get a WebSocketChannel
+    and asyncio's TLS layer (with its 256 KiB buffer). A client that stays silent
+    for `handshake_timeout`, closes, or does not start with a TLS handshake record
+    is refused here.
+    """
+
+    def __init__(self, server: WebSocketServer) -> None:
+        self._server = server
+        self._transport: asyncio.Transport | None = None
+        self._dup: socket.socket | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._counted = False
+        self.peer = "unknown"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()  # not one byte before TLS owns the socket
+        self._transport = transport
+        addr = transport.get_extra_info("peername")
+        self.peer = f"{addr[0]}:{addr[1]}" if addr else "unknown"
+        server = self._server
+        if server.pending >= server.max_pending:
+            self._refuse(
+                "too_many_handshakes",
+                f"{server.pending} connections are already unauthenticated "
+                "(hub.max_pending_handshakes); a scan or a flood? closed at once",
+            )
+            return
+        server.pending += 1
+        self._counted = True
+        raw = transport.get_extra_info("socket")
+        loop = asyncio.get_running_loop()
+        if raw is None:  # not a socket transport (never with create_server): go on at once
+            self._admit()
+            return
+        self._dup = socket.socket(fileno=os.dup(raw.fileno()))
+        loop.add_reader(self._dup.fileno(), self._readable)
+        self._timer = loop.call_later(server.handshake_timeout, self._idle)
+        server.doormen.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._release()
+        self._uncount()
+
+    def _readable(self) -> None:
+        assert self._dup is not None
+        try:
+            first = self._dup.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return  # spurious wake-up
+        except OSError:
+            first = b""
+        self._release()
+        if not first:
+            self._refuse("closed_before_tls", "connection closed before the TLS handshake")
+        elif first[0] != _TLS_HANDSHAKE_RECORD:
+            hint = " (plain HTTP?)" if first in b"GPHDOC" else ""
+            self._refuse(
+                "not_tls", f"the client does not speak TLS: first byte 0x{first[0]:02x}{hint}"
+            )
+        else:
+            self._admit()
+
+    def _admit(self) -> None:
+        assert self._transport is not None
+        channel = WebSocketChannel(self._server, self._transport, self.peer)
+        self._counted = False  # the channel counts itself from here
+        self._server.spawn(channel._serve())
+
+    def _idle(self) -> None:
+        self._timer = None
+        self._release()
+        timeout = self._server.handshake_timeout
+        self._refuse("handshake_timeout", f"no TLS ClientHello within {timeout:g}s (idle socket)")
+
+    def _refuse(self, reason: str, message: str) -> None:
+        self._server.refusals.refuse("WebSocket", self.peer, reason, message)
+        self._uncount()
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _release(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._dup is not None:
+            asyncio.get_running_loop().remove_reader(self._dup.fileno())
+            self._dup.close()
+            self._dup = None
+        self._server.doormen.discard(self)
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._server.pending -= 1
+
+    def close(self) -> None:
+        """Server shutdown: drop the connection."""
+        self._release()
+        self._uncount()
+        if self._transport is not None:
+            self._transport.abort()
 
 
 class WebSocketChannel(asyncio.Protocol):
@@ -48,13 +179,13 @@ class WebSocketChannel(asyncio.Protocol):
     methods (`recv`, `send`, `close`).
     """
 
-    def __init__(self, server: WebSocketServer) -> None:
+    def __init__(self, server: WebSocketServer, transport: asyncio.Transport, peer: str) -> None:
         self._server = server
         self._loop = asyncio.get_running_loop()
-        self._transport: asyncio.Transport | None = None
+        self._transport: asyncio.Transport | None = transport
         self._ws: ServerProtocol | None = None
         self.node = ""
-        self.peer = "unknown"
+        self.peer = peer
         self._frames: asyncio.Queue[bytes | LinkError] = asyncio.Queue()
         self._fragments: list[bytes] = []
         self._early: list[bytes] = []
@@ -63,6 +194,7 @@ class WebSocketChannel(asyncio.Protocol):
         self._can_write.set()
         self._lost = False
         self._closed_by_us = False
+        self._pending = True  # counted by the doorman that handed the connection over
 
     @property
     def transport(self) -> str:
@@ -71,16 +203,7 @@ class WebSocketChannel(asyncio.Protocol):
     # ------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        if self._transport is None:  # the plain TCP connection
-            transport.pause_reading()  # not one byte before TLS owns the socket
-            addr = transport.get_extra_info("peername")
-            self.peer = f"{addr[0]}:{addr[1]}" if addr else "unknown"
-            self._transport = transport
-            # Ready before TLS completes: the upgrade request may follow the handshake at once.
-            extensions = [ServerPerMessageDeflateFactory()] if self._server.compression else None
-            self._ws = ServerProtocol(max_size=self._server.max_size, extensions=extensions)
-            self._server.spawn(self._serve())
+        pass  # the TLS transport: start_tls hands it over as its result
 
     def data_received(self, data: bytes) -> None:
         if self._ws is None or self.node == "":  # nothing is parsed before identity is known
@@ -97,6 +220,7 @@ class WebSocketChannel(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        self._authenticated()
         self._can_write.set()
         if not self._request.done():
             self._request.set_result(None)
@@ -110,18 +234,28 @@ class WebSocketChannel(asyncio.Protocol):
 
     # ------------------------------------------------------------ handshake
 
+    def _authenticated(self) -> None:
+        """This connection no longer counts against the pending-handshake cap."""
+        if self._pending:
+            self._pending = False
+            self._server.pending -= 1
+
     async def _serve(self) -> None:
         server = self._server
         try:
             await self._open()
         except _Refused as exc:
-            log.warning("edge connection from %s refused: %s", self.peer, exc)
+            server.refusals.refuse("WebSocket", self.peer, exc.reason, str(exc))
             self._abort()
+            server.trimmer.note_release()
             return
+        finally:
+            self._authenticated()
         try:
             await server.handler(self)
         finally:
             await self.close()
+            server.trimmer.note_release()
 
     async def _open(self) -> None:
         server, loop = self._server, self._loop
@@ -134,20 +268,30 @@ class WebSocketChannel(asyncio.Protocol):
                 server_side=True,
                 ssl_handshake_timeout=server.handshake_timeout,
             )
+        except ssl.SSLCertVerificationError as exc:
+            _release_handshake(exc)
+            reason = certpolicy.reason_for_openssl_code(exc.verify_code)
+            detail = certpolicy.refused(reason, exc.verify_message or str(exc))
+            raise _Refused(reason, f"TLS handshake failed: {detail}") from None
         except (ssl.SSLError, ConnectionError, OSError, TimeoutError, asyncio.TimeoutError) as exc:
+            _release_handshake(exc)
             server.tls_failures += 1
-            raise _Refused(f"TLS handshake failed: {_describe_tls_error(exc)}") from None
+            reason, text = _describe_tls_error(exc)
+            raise _Refused(reason, f"TLS handshake failed: {text}") from None
         if tls is None:
-            raise _Refused("connection closed during the TLS handshake")
+            raise _Refused("tls_failed", "connection closed during the TLS handshake")
         self._transport = tls
         ssl_obj = tls.get_extra_info("ssl_object")
         der = ssl_obj.getpeercert(binary_form=True) if ssl_obj is not None else None
-        if not der:
-            raise _Refused("no client certificate")
         try:
-            self.node = node_name_from_der(der)
-        except PKIError as exc:
-            raise _Refused(f"client certificate has no usable node name: {exc}") from None
+            self.node = certpolicy.check_client_der(
+                der, server.ca, dt.datetime.now(dt.timezone.utc)
+            )
+        except CertificateRefused as exc:
+            raise _Refused(exc.reason, f"client certificate refused: {exc}") from None
+        # Ready before the upgrade request is parsed: it may follow the handshake at once.
+        extensions = [ServerPerMessageDeflateFactory()] if server.compression else None
+        self._ws = ServerProtocol(max_size=server.max_size, extensions=extensions)
         assert self._ws is not None
         for data in self._early:  # bytes that arrived between TLS and the identity check
             self._ws.receive_data(data)
@@ -156,9 +300,13 @@ class WebSocketChannel(asyncio.Protocol):
         try:
             request = await asyncio.wait_for(self._request, server.handshake_timeout)
         except (TimeoutError, asyncio.TimeoutError):
-            raise _Refused(f"no WebSocket upgrade within {server.handshake_timeout:g}s") from None
+            raise _Refused(
+                "upgrade_timeout", f"no WebSocket upgrade within {server.handshake_timeout:g}s"
+            ) from None
         if request is None:
-            raise _Refused(f"invalid WebSocket upgrade request ({self._ws.handshake_exc})")
+            raise _Refused(
+                "bad_upgrade", f"invalid WebSocket upgrade request ({self._ws.handshake_exc})"
+            )
         if request.path != PATH:
             response = self._ws.reject(404, f"edgesync speaks WebSocket on {PATH}\n")
         else:
@@ -166,7 +314,11 @@ class WebSocketChannel(asyncio.Protocol):
         self._ws.send_response(response)
         self._write_pending()
         if self._ws.state is not State.OPEN:
-            raise _Refused(f"WebSocket upgrade refused: HTTP {response.status_code} {request.path}")
+            raise _Refused(
+                "bad_upgrade",
+                f"WebSocket upgrade refused: HTTP {response.status_code} "
+                f"{escape_text(request.path, 200)} (node {self.node})",
+            )
 
     # ------------------------------------------------------------ frames
 
@@ -270,9 +422,21 @@ class WebSocketServer:
         max_frame_bytes: int,
         handshake_timeout: float,
         compression: bool = False,
+        *,
+        ca: x509.Certificate,
+        refusals: RefusalLog | None = None,
+        max_pending: int = 256,
     ) -> None:
         self.handler = handler
         self.ssl_context = ssl_context
+        self.ca = ca
+        self.refusals = refusals or RefusalLog()
+        self.max_pending = max_pending
+        """Connections allowed to be unauthenticated at once (waiting for or in TLS)."""
+        self.pending = 0
+        self.doormen: set[_Doorman] = set()
+        self.trimmer = HeapTrimmer()
+        """Gives TLS buffers back to the OS after bursts of connections (glibc)."""
         # Frames somewhat above the protocol limit still reach the codec, which
         # answers with a typed `frame_too_large` error; far larger ones are cut
         # off here by websockets (close code 1009) without buffering them.
@@ -286,7 +450,7 @@ class WebSocketServer:
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the bound port (useful with port 0)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: WebSocketChannel(self), host, port)
+        self._server = await loop.create_server(lambda: _Doorman(self), host, port)
         return int(self._server.sockets[0].getsockname()[1])
 
     def spawn(self, coro: Awaitable[None]) -> None:
@@ -297,24 +461,43 @@ class WebSocketServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+        self.trimmer.stop()
+        for doorman in list(self.doormen):
+            doorman.close()
         for task in list(self._tasks):
             task.cancel()
 
 
-def _describe_tls_error(exc: BaseException) -> str:
-    text = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-    if "EXPIRED" in str(exc).upper():
-        return f"the client certificate has expired; re-join the node ({text})"
+def _release_handshake(exc: BaseException) -> None:
+    """Let a failed TLS handshake's memory go now, not at the next full garbage collection.
+
+    The exception's traceback holds `loop.start_tls`'s frame, whose waiter future holds
+    the exception: a reference cycle that keeps asyncio's SSLProtocol and its 256 KiB
+    buffer alive until the cyclic collector runs, which for long-lived objects can be
+    never in practice (measured: +300 MB per 1,000 stalled handshakes, not returned).
+    Dropping the traceback breaks the cycle, so reference counting frees it at once.
+    """
+    exc.__traceback__ = None
+    if exc.__context__ is not None:
+        exc.__context__.__traceback__ = None
+
+
+def _describe_tls_error(exc: BaseException) -> tuple[str, str]:
+    """(reason, operator text) of a TLS handshake that failed outside certificate checks."""
+    text = str(getattr(exc, "reason", None) or exc or type(exc).__name__)
+    upper = str(exc).upper()
+    if "PEER_DID_NOT_RETURN_A_CERTIFICATE" in upper:
+        return certpolicy.NO_CERTIFICATE, f"{certpolicy.HINTS[certpolicy.NO_CERTIFICATE]} ({text})"
     hints = {
-        "PEER_DID_NOT_RETURN_A_CERTIFICATE": "the client sent no certificate",
-        "CERTIFICATE_VERIFY_FAILED": "the client certificate is not signed by this cloud's CA",
         "TLSV1_ALERT_UNKNOWN_CA": "the client does not trust this cloud's CA",
         "HTTP_REQUEST": "plain HTTP was sent to the TLS port",
         "WRONG_VERSION_NUMBER": "the client does not speak TLS",
+        "NO_SHARED_CIPHER": "no cipher in common (a scanner, or a very old client)",
+        "UNSUPPORTED_PROTOCOL": "the client offers only TLS versions below 1.2",
     }
     for key, hint in hints.items():
-        if key in str(text).upper():
-            return f"{hint} ({text})"
+        if key in upper:
+            return "tls_failed", f"{hint} ({text})"
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
-        return "no TLS handshake in time"
-    return str(text)
+        return "handshake_timeout", "no TLS handshake in time"
+    return "tls_failed", escape_text(text, 200)

@@ -253,7 +253,9 @@ class _Connection(SessionDriver):
         return None
 
     def _note_closed(self, event: SessionClosed) -> None:
-        if event.code in ("unsupported_version", "unknown_node", "unauthorized", "forbidden"):
+        # The fatal codes an operator must fix (docs/protocol.md §5). `forbidden` is never
+        # fatal and a refused certificate is a transport refusal, not a session error.
+        if event.code in ("unsupported_version", "unknown_node"):
             cls = UnsupportedVersion if event.code == "unsupported_version" else AuthError
             self.fatal = cls(f"{event.code}: {event.reason}")
         log.warning(

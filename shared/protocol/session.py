@@ -9,8 +9,9 @@ fake clock and no sockets.
 Reliability lives above a single connection: cursors (`rv` downstream,
 `seq` upstream) are persisted by the applications, exchanged in
 hello/welcome, and acked cumulatively. Within a connection the session
-enforces ordering (cursors strictly increase), a send window (at most
-`window` unacked reliable messages in flight) and liveness (ping/pong).
+enforces ordering (a cursor at or below the last one received is a resend:
+skipped, and acked again once durable), a send window (at most `window`
+unacked reliable messages in flight) and liveness (ping/pong).
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ class Session:
         self._last_acked_by_peer = 0
         self._last_received_cursor = 0
         self._last_acked_by_us = 0
+        self.duplicates_skipped = 0
+        """Reliable messages skipped as resends (cursor at or below the last received)."""
 
     # ---------------------------------------------------------------- handshake
 
@@ -243,7 +246,7 @@ class Session:
         elif op is Op.WELCOME:
             self._on_welcome(env)
         else:
-            self._on_reliable(env)
+            self._on_reliable(env, now)
 
     def _on_hello(self, env: Envelope, now: float) -> None:
         body = env.body or {}
@@ -293,7 +296,7 @@ class Session:
             )
         )
 
-    def _on_reliable(self, env: Envelope) -> None:
+    def _on_reliable(self, env: Envelope, now: float) -> None:
         cursor = env.rv if self.role is Role.EDGE else env.seq
         name = "rv" if self.role is Role.EDGE else "seq"
         if cursor is None:
@@ -301,9 +304,18 @@ class Session:
         if env.res is None:
             raise RemoteProtocolError(f"{env.op.value} without 'res'")
         if cursor <= self._last_received_cursor:
-            raise RemoteProtocolError(
-                f"{env.op.value} {name}={cursor} does not follow {self._last_received_cursor}"
-            )
+            # A resend of something already received (docs/protocol.md §6.2, §6.4):
+            # skipped, never applied twice. If it is already durable (at or below our
+            # last ack, or the cursor announced at the handshake) it is acked again, by
+            # its own cursor, which the sender has sent and so may be acked; otherwise
+            # the ack that follows the pending commit covers it.
+            self.duplicates_skipped += 1
+            if 0 < cursor <= self._last_acked_by_us:
+                if self.role is Role.EDGE:
+                    self._emit(Op.ACK, now, rv=cursor)
+                else:
+                    self._emit(Op.ACK, now, seq=cursor)
+            return
         self._last_received_cursor = cursor
         self._events.append(MessageReceived(envelope=env))
 

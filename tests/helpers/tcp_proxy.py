@@ -1,6 +1,8 @@
-"""A TCP proxy on loopback that a test can cut: drop every live connection, or
-refuse new ones for a while. Runs its own event loop in a thread so it works
-beside daemons running as processes."""
+"""A TCP proxy on loopback that a test can break three ways: `cut` (abort every live
+connection: the peers see a reset at once), `block` (cut, and refuse new ones), and
+`blackhole` (keep every socket open and silently drop what either side sends, like a
+link that died without a FIN or RST: only the protocol's keepalive can notice).
+Runs its own event loop in a thread so it works beside daemons running as processes."""
 
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ class TcpProxy(LoopThreadProxy):
         self.connections = 0
         self._writers: set[asyncio.StreamWriter] = set()
         self._blocked = False
+        self._blackholed = False
+        self.swallowed = 0
+        """Bytes dropped while black-holed."""
         self._server: asyncio.Server | None = None
 
     async def _start(self) -> int:
@@ -43,6 +48,9 @@ class TcpProxy(LoopThreadProxy):
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
                 while data := await src.read(65536):
+                    if self._blackholed:  # read and drop: the sender never learns
+                        self.swallowed += len(data)
+                        continue
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError):
@@ -71,3 +79,11 @@ class TcpProxy(LoopThreadProxy):
 
     def unblock(self) -> None:
         self._blocked = False
+
+    def blackhole(self) -> None:
+        """Stop forwarding in both directions; every socket stays open, nothing is closed."""
+        self._blackholed = True
+
+    def restore(self) -> None:
+        """Forward again (on the connections that are still open)."""
+        self._blackholed = False

@@ -12,7 +12,6 @@ import asyncio
 import dataclasses
 import inspect
 import json
-import os
 import socket
 import ssl
 import time
@@ -134,41 +133,17 @@ async def connected_socket(port: int) -> socket.socket:
     return sock
 
 
-def _server_tls_upgrades_pending() -> int:
-    """Tasks on this loop suspended in `loop.start_tls` (the hub upgrading a new connection)."""
-    count = 0
-    for task in asyncio.all_tasks():
-        awaited: Any = task.get_coro()
-        while awaited is not None:
-            code = getattr(awaited, "cr_code", None)
-            if (
-                code is not None
-                and code.co_name == "start_tls"
-                and code.co_filename.endswith(os.path.join("asyncio", "base_events.py"))
-            ):
-                count += 1
-                break
-            awaited = getattr(awaited, "cr_await", None)
-    return count
-
-
 async def tls_ready_socket(port: int) -> socket.socket:
-    """A TCP connection to the hub on which the hub is already waiting for a ClientHello.
+    """A TCP connection to the hub, ready for a ClientHello at once.
 
-    Workaround for a cloudcore bug (see test_hub_security.py::
-    test_client_sending_client_hello_immediately_is_served): the hub accepts plain TCP and
-    calls `StreamWriter.start_tls()` a few loop iterations later, and a ClientHello that
-    arrives before that call is swallowed by the StreamReader buffer, so the handshake
-    hangs. Clients in these tests therefore send their ClientHello only once the hub's
-    task is suspended inside `loop.start_tls` (observed on this shared event loop).
+    The hub once lost a ClientHello that arrived before its `start_tls` call, and
+    this helper waited for that call (2 s per connection when it never came). The
+    hub now pauses reading at accept and waits, without reading, until the
+    ClientHello is there (cloudcore/hub/websocket.py), so a plain connect is right;
+    test_hub_security.py::test_client_sending_client_hello_immediately_is_served
+    keeps that true.
     """
-    before = _server_tls_upgrades_pending()
-    sock = await connected_socket(port)
-    try:
-        await eventually(lambda: _server_tls_upgrades_pending() > before, timeout=2.0)
-    except AssertionError:
-        pass  # the hub no longer upgrades this way (bug fixed?): the plain order works then
-    return sock
+    return await connected_socket(port)
 
 
 def peer_of(sock: socket.socket) -> str:

@@ -8,6 +8,7 @@ works (answers a ping and receives a task applied afterwards).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -22,11 +23,15 @@ from edgecore.link.websocket import client_context, connect_websocket
 from shared import pki
 from shared.protocol.events import AckReceived, ErrorReceived
 from shared.protocol.messages import Op
+from shared.quic_channel import CLOSE_UNAUTHORIZED
+from tests.helpers import certs
+from tests.helpers.quic_client import raw_quic_client
 from tests.integration.harness import (
     Cloud,
     EdgeIdentity,
     RawEdge,
     assert_node_works,
+    connected_socket,
     eventually,
     now_ms,
     peer_of,
@@ -343,3 +348,272 @@ async def test_second_connection_for_a_node_replaces_the_first(
     assert cloud.hub.stats.sessions_replaced == 1
     await assert_node_works(cloud, second)
     await assert_node_works(cloud, good)
+
+
+# ---------------------------------------------------------------- one certificate policy
+
+DEFECTS = [
+    pytest.param("not_yet_valid", "not valid yet", id="not-yet-valid"),
+    pytest.param("expired", "has expired", id="expired"),
+    pytest.param("missing_eku", "has no extended key usage", id="no-eku"),
+    pytest.param("wrong_eku", "not for client authentication", id="server-auth-eku"),
+    pytest.param("foreign_ca", "not signed by this cloud's CA", id="foreign-ca"),
+]
+
+
+async def test_a_certificate_issued_by_the_test_helper_is_accepted_on_both_transports(
+    cloud: Cloud, tmp_path: Path
+) -> None:
+    """The control for the defect tests: the helper's certificates differ only by the defect."""
+    await cloud.join("spare", tmp_path / "spare")
+    files = certs.defective(cloud.pki_dir, tmp_path / "certs", "spare", "ok")
+
+    ws = await cloud.open_ws(cloud.ca_path, files.cert, files.key)
+    edge = RawEdge(ws, "spare")
+    cloud.edges.append(edge)
+    edge.start()
+    await edge.hello()
+    await edge.close()
+    outcome = await raw_quic_client(
+        quic_port(cloud), cloud.ca_path, cert=files.cert, key=files.key, wait=0.3
+    )
+    assert outcome.connected and outcome.error_code != CLOSE_UNAUTHORIZED, outcome
+    assert cloud.hub.stats.connections_refused == {}
+
+
+def quic_port(cloud: Cloud) -> int:
+    port = cloud.app.quic_port
+    assert port, "the integration cloud runs QUIC on an ephemeral port"
+    return port
+
+
+@pytest.mark.parametrize(("defect", "words"), DEFECTS)
+async def test_websocket_refuses_a_defective_certificate_naming_the_real_reason(
+    cloud: Cloud, tmp_path: Path, caplog: pytest.LogCaptureFixture, defect: str, words: str
+) -> None:
+    good = await good_node(cloud, tmp_path)
+    good_session = cloud.hub.sessions["good"]
+    files = certs.defective(cloud.pki_dir, tmp_path / "certs", "good", defect)
+    sock = await tls_ready_socket(cloud.ws_port)
+    peer = peer_of(sock)
+
+    with pytest.raises(REFUSED_BY_CLIENT):
+        ws = await cloud.open_ws(cloud.ca_path, files.cert, files.key, sock=sock)
+        await ws.recv()
+
+    logged = await eventually(
+        lambda: warnings_naming(caplog, "WebSocket connection from", peer), what="refusal"
+    )
+    assert words in logged[0], logged
+    if defect != "foreign_ca":
+        assert "not signed by this cloud's CA" not in logged[0], logged
+    assert cloud.hub.stats.connections_refused == {defect: 1}
+    assert cloud.hub.sessions["good"] is good_session
+    await assert_node_works(cloud, good)
+
+
+@pytest.mark.parametrize(("defect", "words"), DEFECTS)
+async def test_quic_refuses_a_defective_certificate_naming_the_real_reason(
+    cloud: Cloud, tmp_path: Path, caplog: pytest.LogCaptureFixture, defect: str, words: str
+) -> None:
+    good = await good_node(cloud, tmp_path)
+    files = certs.defective(cloud.pki_dir, tmp_path / "certs", "good", defect)
+
+    outcome = await raw_quic_client(
+        quic_port(cloud),
+        cloud.ca_path,
+        cert=files.cert,
+        key=files.key,
+        payload=b"\x00\x00\x00\x02{}",
+    )
+
+    assert outcome.error_code == CLOSE_UNAUTHORIZED, outcome
+    assert words in outcome.reason, outcome  # what the edge reads
+    logged = warnings_naming(caplog, "QUIC connection from 127.0.0.1", words)
+    assert logged, [r.getMessage() for r in caplog.records]
+    assert cloud.hub.stats.connections_refused == {defect: 1}
+    await assert_node_works(cloud, good)
+
+
+# ---------------------------------------------------------------- refusals: budget and counts
+
+
+async def test_refusals_are_counted_by_reason_and_logged_within_a_budget(
+    cloud: Cloud, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A burst of certificate-less connections (a scan): the first BURST are logged one by
+    one, the rest only counted, then one summary line carries their number."""
+    good = await good_node(cloud, tmp_path)
+    refusals = cloud.app.refusals
+    fake_now = [1000.0]  # the log budget's clock stands still during the burst
+    refusals.clock = lambda: fake_now[0]
+    refusals.throttle.interval = 2.0  # the production window is 10 s
+    burst = refusals.throttle.burst
+    attempts = burst + 15
+
+    for _ in range(attempts):
+        with pytest.raises(REFUSED_BY_CLIENT):
+            ws = await cloud.open_ws(cloud.ca_path, None, None)
+            await ws.recv()
+
+    counts = cloud.hub.stats.connections_refused
+    await eventually(lambda: counts.get("no_certificate") == attempts, what="all counted")
+    one_by_one = warnings_naming(caplog, "WebSocket connection from", "no certificate")
+    assert len(one_by_one) == burst, one_by_one
+    assert not warnings_naming(caplog, "more edge connections refused")
+    fake_now[0] += 2.0  # the window ends; the summary timer (real time) reports it
+    summary = await eventually(
+        lambda: warnings_naming(caplog, "more edge connections refused"), timeout=5
+    )
+    assert summary[0].startswith(f"{attempts - burst} more edge connections refused"), summary
+    assert "no_certificate 15" in summary[0], summary
+    await assert_node_works(cloud, good)
+
+
+# ---------------------------------------------------------------- pre-authentication cost
+
+
+@pytest.mark.cloud_config(hub={"handshake_timeout": 1.0})
+async def test_a_socket_that_never_starts_tls_is_closed_after_the_handshake_timeout(
+    cloud: Cloud, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = await good_node(cloud, tmp_path)
+    loop = asyncio.get_running_loop()
+    sock = await connected_socket(cloud.ws_port)
+    peer = peer_of(sock)
+    started = time.monotonic()
+    try:
+        data = await asyncio.wait_for(loop.sock_recv(sock, 1024), 5)
+    except ConnectionResetError:
+        data = b""
+    finally:
+        sock.close()
+
+    assert data == b""  # closed by the cloud, nothing sent
+    assert 0.9 <= time.monotonic() - started < 4, time.monotonic() - started
+    assert cloud.hub.stats.connections_refused == {"handshake_timeout": 1}
+    assert warnings_naming(caplog, peer, "no TLS ClientHello within 1s")
+    await assert_node_works(cloud, good)
+
+
+def ws_pending(cloud: Cloud) -> int:
+    server = cloud.app.websocket_server
+    assert server is not None
+    return server.pending
+
+
+@pytest.mark.cloud_config(hub={"max_pending_handshakes": 3})
+async def test_connections_above_the_pending_handshake_cap_are_closed_at_once(
+    cloud: Cloud, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = await good_node(cloud, tmp_path)
+    loop = asyncio.get_running_loop()
+    idle = [await connected_socket(cloud.ws_port) for _ in range(3)]
+    try:
+        await eventually(lambda: ws_pending(cloud) == 3, what="3 pending")
+        extra = await connected_socket(cloud.ws_port)
+        peer = peer_of(extra)
+        try:
+            data = await asyncio.wait_for(loop.sock_recv(extra, 1024), 2)
+        except ConnectionResetError:
+            data = b""
+        finally:
+            extra.close()
+        assert data == b""
+        assert cloud.hub.stats.connections_refused == {"too_many_handshakes": 1}
+        assert warnings_naming(caplog, peer, "already unauthenticated")
+    finally:
+        for sock in idle:
+            sock.close()
+    # The idle ones go (closed by the client here); a real edge gets in again.
+    await eventually(lambda: ws_pending(cloud) == 0, what="pending back to 0")
+    ident = await cloud.join("late", tmp_path / "late")
+    late = await cloud.edge(ident)
+    await assert_node_works(cloud, late)
+    await assert_node_works(cloud, good)
+
+
+async def test_plain_http_to_the_tls_port_is_refused_before_tls_starts(
+    cloud: Cloud, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = await good_node(cloud, tmp_path)
+    loop = asyncio.get_running_loop()
+    sock = await connected_socket(cloud.ws_port)
+    peer = peer_of(sock)
+    try:
+        await loop.sock_sendall(sock, b"GET /edgesync/v1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            data = await asyncio.wait_for(loop.sock_recv(sock, 1024), 5)
+        except ConnectionResetError:
+            data = b""
+    finally:
+        sock.close()
+
+    assert data == b""
+    assert cloud.hub.stats.connections_refused == {"not_tls": 1}
+    assert warnings_naming(caplog, peer, "does not speak TLS: first byte 0x47 (plain HTTP?)")
+    await assert_node_works(cloud, good)
+
+
+async def test_a_client_that_connects_and_leaves_is_counted_without_tls(
+    cloud: Cloud, tmp_path: Path
+) -> None:
+    good = await good_node(cloud, tmp_path)
+    sock = await connected_socket(cloud.ws_port)
+    sock.close()
+
+    counts = cloud.hub.stats.connections_refused
+    await eventually(lambda: counts.get("closed_before_tls") == 1, what="counted")
+    await eventually(lambda: ws_pending(cloud) == 0, what="not pending any more")
+    await assert_node_works(cloud, good)
+
+
+async def test_a_resent_upstream_message_is_skipped_and_acked_not_a_protocol_error(
+    cloud: Cloud, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/protocol.md §6.2/§6.4 (the tolerant rule): a resent seq at or below what the
+    cloud received is skipped and acked again; the session stays open, nothing is stored
+    twice."""
+    edge = await bad_node(cloud, tmp_path, "resender")
+    await cloud.apply_task(task_document("job", ["resender"]))
+    await edge.wait_frame(lambda f: f.res == "task/default/job")
+    result = {
+        "run_id": "run-1",
+        "generation": 1,
+        "epoch": 1,
+        "phase": "succeeded",
+        "exit_code": 0,
+        "stdout_tail": "once",
+    }
+    edge.session.send(Op.RESULT, "task/default/job", 1, result, time.monotonic())
+    await edge.flush()
+    await edge.wait_event(AckReceived, lambda e: e.cursor == 1)
+    acks_before = len([f for f in edge.frames if f.op is Op.ACK and f.seq == 1])
+
+    resent = json.dumps(
+        {
+            "v": 1,
+            "id": "resend-1",
+            "ts": now_ms(),
+            "op": "result",
+            "res": "task/default/job",
+            "seq": 1,
+            "body": result,
+        }
+    )
+    await edge.send_raw(resent)
+
+    await edge.wait_frame(
+        lambda f: (
+            f.op is Op.ACK
+            and f.seq == 1
+            and len([g for g in edge.frames if g.op is Op.ACK and g.seq == 1]) > acks_before
+        )
+    )
+    await edge.ping()
+    assert not edge.closed.is_set()
+    assert edge.fatal_error() is None
+    stored = await cloud.db(cloud.store.results_for, "task/default/job")
+    assert [(r["seq"], r["run_id"]) for r in stored] == [(1, "run-1")]
+    assert cloud.hub.sessions["resender"].session.duplicates_skipped == 1
+    assert not warnings_naming(caplog, "protocol violation")
