@@ -102,6 +102,7 @@ class CloudCore:
             websocket_port=lambda: self.websocket_port,
             quic_port=lambda: self.quic_port,
             insecure_no_auth=self.config.api.insecure_no_auth,
+            refusals=self.refusals,
         )
         self.api_app = api.app()
         runner = web.AppRunner(self.api_app, access_log=None, handle_signals=False)

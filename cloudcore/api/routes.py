@@ -22,6 +22,7 @@ from aiohttp import web
 
 from cloudcore.api import schemas as s
 from cloudcore.api.body import BodyError, BodyReader, BodyRules
+from cloudcore.hub.refusals import RefusalLog
 from cloudcore.pki import CloudPKI
 from cloudcore.scheduler import Scheduler
 from cloudcore.store import CloudStore
@@ -109,6 +110,7 @@ class Api:
         websocket_port: Callable[[], int],
         quic_port: Callable[[], int | None],
         insecure_no_auth: bool,
+        refusals: RefusalLog,
     ) -> None:
         self.store = store
         self.db = db
@@ -121,6 +123,8 @@ class Api:
         self.websocket_port = websocket_port
         self.quic_port = quic_port
         self.insecure_no_auth = insecure_no_auth
+        self.refusals = refusals
+        """Unauthenticated refusals (joins), counted and logged within a budget."""
         self.admin_token = pki_files.admin_token()
         self.bodies = BodyReader()
 
@@ -245,7 +249,7 @@ class Api:
         except ResourceError as exc:
             return _error(422, "invalid", str(exc))
         except JoinError as exc:
-            log.warning("join from %s refused: %s", request.remote, exc)
+            self.refusals.refuse("join", str(request.remote), "join_refused", str(exc))
             return _error(403, "join_refused", str(exc))
         except StoreError as exc:
             log.error("API %s %s: %s", request.method, request.path, exc)

@@ -112,11 +112,24 @@ async def test_forged_token_is_refused(
     assert_refused(await post_join(cloud, str(forged), csr_for("victim")), "unknown or forged")
     assert "victim" not in await registered(cloud)
     assert any(
-        "join from" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records
+        "join connection from" in r.getMessage() and r.levelno == logging.WARNING
+        for r in caplog.records
     )
     # The forgery did not burn the real token.
     status, answer = await post_join(cloud, str(real), csr_for("victim"))
     assert status == 200, answer
+
+
+async def test_join_refusals_are_counted_and_logged_within_a_budget(
+    cloud: Cloud, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    for _ in range(40):
+        status, _ = await post_join(cloud, "es1.nothex.x.y.n1", csr_for("n1"))
+        assert status == 403
+    lines = [r for r in caplog.records if "join connection from" in r.getMessage()]
+    assert 1 <= len(lines) <= 10, len(lines)
+    assert cloud.hub.stats.connections_refused["join_refused"] == 40
 
 
 async def test_malformed_token_is_refused_without_echoing_it(cloud: Cloud) -> None:
