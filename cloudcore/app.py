@@ -43,7 +43,13 @@ class CloudCore:
         )
         self.refusals = RefusalLog(self.hub.stats.connections_refused)
         """Edge connections refused before a session: counted in hub.stats, logged in a budget."""
-        self.scheduler = Scheduler(self.store, self.db, self.clock, self.hub.notify)
+        self.scheduler = Scheduler(
+            self.store,
+            self.db,
+            self.clock,
+            self.hub.notify,
+            node_label_keys=config.node_label_keys,
+        )
         self.hub.on_labels_changed = lambda node: self.scheduler.request(nodes={node})
         self.websocket_port = 0
         self.websocket_server: WebSocketServer | None = None
@@ -117,9 +123,14 @@ class CloudCore:
         self.api_port = int(sockets[0].getsockname()[1]) if sockets else self.config.api.port
         if self.config.api.insecure_no_auth:
             log.warning("operator API runs WITHOUT authentication (api.insecure_no_auth)")
-        self._write_runtime_files()
         self.scheduler.start()
         await self.scheduler.ready()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        # Written last: tools (LocalFleet, tests) take it to mean "up", and from here a
+        # SIGTERM stops cloudcore in order.
+        self._write_runtime_files()
         log.info(
             "cloudcore ready: wss://%s:%d/edgesync/v1, quic %s, https://%s:%d (data in %s)",
             self.config.hub.listen,
@@ -130,9 +141,6 @@ class CloudCore:
             self.data_dir,
         )
         _notify_systemd("READY=1")
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
         try:
             await self._stop.wait()
         finally:

@@ -126,6 +126,12 @@ class CloudConfig:
     )
     result_history: int = setting(20, "results kept per task and node", check=in_range(1, 10_000))
     log_level: str = setting("INFO", "least severe log level written", check=LOG_LEVEL)
+    node_label_keys: list[str] = setting(
+        [],
+        "label keys a node may set on itself for placement (hello); other labels it reports "
+        "are shown, never used to place work",
+        check=each(non_empty("a label key")),
+    )
     hub: HubConfig = section(HubConfig, "edge-facing transports")
     api: ApiConfig = section(ApiConfig, "join endpoint and operator REST API")
     pki: PkiConfig = section(PkiConfig, "certificate authority and join tokens")

@@ -162,6 +162,8 @@ def cmd_token_create(client: Client, args: argparse.Namespace) -> None:
     body: dict[str, Any] = {"node": args.node}
     if args.ttl:
         body["ttl"] = _parse_duration(args.ttl)
+    if args.label:
+        body["labels"] = _label_changes(args.label, allow_removal=False)
     answer = client.call("POST", "/api/v1/tokens", body)
     if args.quiet:
         print(answer["token"])
@@ -172,6 +174,34 @@ def cmd_token_create(client: Client, args: argparse.Namespace) -> None:
         f"#   edgecore join --cloud {client.server} --token {answer['token'][:12]}…",
         file=sys.stderr,
     )
+
+
+def _label_changes(items: list[str], allow_removal: bool = True) -> dict[str, str | None]:
+    """KEY=VALUE sets a label; KEY- removes it (as kubectl label does)."""
+    changes: dict[str, str | None] = {}
+    for item in items:
+        if allow_removal and item.endswith("-") and "=" not in item:
+            changes[item[:-1]] = None
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            hint = " or KEY- to remove one" if allow_removal else ""
+            raise CtlError(f"label {item!r}: use KEY=VALUE{hint}")
+        changes[key] = value
+    return changes
+
+
+def cmd_node_label(client: Client, args: argparse.Namespace) -> None:
+    node = client.call("GET", f"/api/v1/nodes/{args.name}")
+    labels = dict(node["labels"])
+    for key, value in _label_changes(args.labels).items():
+        if value is None:
+            labels.pop(key, None)
+        else:
+            labels[key] = value
+    answer = client.call("PUT", f"/api/v1/nodes/{args.name}/labels", {"labels": labels})
+    shown = ",".join(f"{k}={v}" for k, v in sorted(answer["labels"].items())) or "(none)"
+    print(f"node {escape_text(args.name)} labelled: {escape_text(shown)}")
 
 
 def _age_until(ms: int) -> str:
@@ -341,6 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--node", required=True, help="the node name the token joins")
     create.add_argument("--ttl", help="validity, e.g. 30m, 1h (default: the cloud's, 1h)")
     create.add_argument("-q", "--quiet", action="store_true", help="print only the token")
+    create.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a placement label the node gets when it joins; repeatable",
+    )
     create.set_defaults(func=cmd_token_create)
 
     node = sub.add_parser("node", help="nodes").add_subparsers(dest="verb", required=True)
@@ -354,6 +391,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("name")
         p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
         p.set_defaults(func=func)
+    label = node.add_parser(
+        "label",
+        help="set (KEY=VALUE) or remove (KEY-) a node's placement labels",
+        description="Placement labels are the operator's: tasks select nodes by them. "
+        "What a node reports about itself is shown as reported_labels and is not used.",
+    )
+    label.add_argument("name")
+    label.add_argument("labels", nargs="+", metavar="KEY=VALUE|KEY-")
+    label.set_defaults(func=cmd_node_label)
 
     task = sub.add_parser("task", help="tasks").add_subparsers(dest="verb", required=True)
     apply = task.add_parser("apply", help="create or update tasks from YAML")

@@ -171,7 +171,10 @@ class LocalFleet:
     def join(
         self, name: str, labels: dict[str, str] | None = None, cloud_url: str | None = None
     ) -> None:
-        token = self.api("POST", "/api/v1/tokens", {"node": name})["token"]
+        # Placement labels are the operator's: they go with the token. The edge reports
+        # the same ones about itself (shown as reported_labels).
+        grant = {"node": name, "labels": dict(labels or {})}
+        token = self.api("POST", "/api/v1/tokens", grant)["token"]
         argv = _python(
             "edgecore",
             "join",

@@ -48,7 +48,11 @@ nodes = sa.Table(
     sa.Column("name", sa.String(63), primary_key=True),
     sa.Column("state", sa.String(16), nullable=False, default="Unknown"),
     sa.Column("reason", sa.String(256), nullable=False, default=""),
+    # Placement labels: the operator's (join token, `edgectl node label`).
     sa.Column("labels", sa.JSON, nullable=False, default=dict),
+    # What the node's hello says about itself: shown, used for placement only for the
+    # keys `node_label_keys` lets nodes set (docs/operations.md, "Node labels").
+    sa.Column("reported_labels", sa.JSON, nullable=False, server_default="{}"),
     sa.Column("capacity", sa.JSON, nullable=False, default=dict),
     sa.Column("heartbeat", sa.JSON, nullable=False, default=dict),
     sa.Column("software", sa.String(64), nullable=False, default=""),
@@ -135,6 +139,7 @@ join_tokens = sa.Table(
     sa.Column("created_ms", sa.BigInteger, nullable=False),
     sa.Column("expires_ms", sa.BigInteger, nullable=False),
     sa.Column("used_ms", sa.BigInteger, nullable=True),
+    sa.Column("labels", sa.JSON, nullable=True),
 )
 
 counters = sa.Table(
@@ -145,6 +150,14 @@ counters = sa.Table(
 )
 
 TERMINAL_PHASES = ("succeeded", "failed")
+
+
+class JoinGrant(NamedTuple):
+    """What a consumed join token grants."""
+
+    node: str
+    labels: dict[str, str] | None
+    """The operator's labels for the node, or None if the token carried none."""
 
 
 class SessionStart(NamedTuple):
@@ -227,8 +240,15 @@ class CloudStore(SqlStore):
     # ---------------------------------------------------------------- join tokens
 
     def add_join_token(
-        self, token_id: str, node: str, secret: str, now_ms: int, expires_ms: int
+        self,
+        token_id: str,
+        node: str,
+        secret: str,
+        now_ms: int,
+        expires_ms: int,
+        labels: dict[str, str] | None = None,
     ) -> None:
+        """`labels`: the operator's placement labels for the node this token joins."""
         with self._tx("store a join token") as conn:
             conn.execute(
                 sa.insert(join_tokens).values(
@@ -237,11 +257,13 @@ class CloudStore(SqlStore):
                     secret_hash=hash_token_secret(secret),
                     created_ms=now_ms,
                     expires_ms=expires_ms,
+                    labels=labels or None,
                 )
             )
 
-    def consume_join_token(self, token_id: str, secret: str, now_ms: int) -> str:
-        """Mark a token used; returns its node. JoinError if unknown, forged, expired or used."""
+    def consume_join_token(self, token_id: str, secret: str, now_ms: int) -> JoinGrant:
+        """Mark a token used; returns its node and labels. JoinError if unknown, forged,
+        expired or used."""
         with self._tx("consume a join token") as conn:
             row = conn.execute(
                 sa.select(join_tokens).where(join_tokens.c.id == token_id)
@@ -265,12 +287,16 @@ class CloudStore(SqlStore):
             ).rowcount
             if updated != 1:
                 raise JoinError("join token was used concurrently by another join")
-            return str(row.node)
+            return JoinGrant(str(row.node), dict(row.labels) if row.labels else None)
 
     # ---------------------------------------------------------------- nodes
 
-    def register_node(self, name: str, now_ms: int) -> None:
-        """Create a node at join, or reset a re-joining node's cursors (its store is new)."""
+    def register_node(self, name: str, now_ms: int, labels: dict[str, str] | None = None) -> None:
+        """Create a node at join, or reset a re-joining node's cursors (its store is new).
+
+        `labels` (from the join token) become its placement labels; None keeps a
+        re-joining node's labels (a new node starts with none).
+        """
         with self._tx(f"register node {name}") as conn:
             exists = conn.execute(
                 sa.select(nodes.c.name).where(nodes.c.name == name)
@@ -283,14 +309,26 @@ class CloudStore(SqlStore):
                 store_id=None,
                 joined_ms=now_ms,
             )
+            if labels is not None:
+                values["labels"] = labels
             if exists is None:
+                values.setdefault("labels", {})
                 conn.execute(
                     sa.insert(nodes).values(
-                        name=name, labels={}, capacity={}, heartbeat={}, **values
+                        name=name, reported_labels={}, capacity={}, heartbeat={}, **values
                     )
                 )
             else:
                 conn.execute(sa.update(nodes).where(nodes.c.name == name).values(**values))
+
+    def set_node_labels(self, name: str, labels: dict[str, str]) -> None:
+        """Replace a node's placement labels (the operator's); NotFound if there is no node."""
+        with self._tx(f"label node {name}") as conn:
+            updated = conn.execute(
+                sa.update(nodes).where(nodes.c.name == name).values(labels=labels)
+            ).rowcount
+            if updated == 0:
+                raise NotFound(f"node {name!r} not found")
 
     def node_exists(self, name: str) -> bool:
         with self._tx("look up a node") as conn:
@@ -306,7 +344,7 @@ class CloudStore(SqlStore):
         name: str,
         *,
         store_id: str,
-        labels: dict[str, str],
+        reported_labels: dict[str, str],
         capacity: dict[str, Any],
         software: str,
         applied_rv: int,
@@ -360,7 +398,7 @@ class CloudStore(SqlStore):
                 .values(
                     state="Ready",
                     reason="connected",
-                    labels=labels,
+                    reported_labels=reported_labels,
                     capacity=capacity,
                     software=software[:64],
                     store_id=store_id,
@@ -376,7 +414,7 @@ class CloudStore(SqlStore):
             snapshot_rv = conn.execute(
                 sa.select(sa.func.max(desired.c.rv)).where(desired.c.node == name)
             ).scalar_one_or_none()
-            labels_changed = dict(row.labels or {}) != labels
+            labels_changed = dict(row.reported_labels or {}) != reported_labels
             return SessionStart(received_seq, labels_changed, resync, int(snapshot_rv or 0))
 
     def node_disconnected(self, name: str, reason: str, now_ms: int) -> None:
@@ -520,7 +558,13 @@ class CloudStore(SqlStore):
                 if not task_keys:
                     return [], []
                 tq = tq.where(sa.tuple_(tasks.c.namespace, tasks.c.name).in_(list(task_keys)))
-            nq = sa.select(nodes.c.name, nodes.c.labels, nodes.c.state, nodes.c.capacity)
+            nq = sa.select(
+                nodes.c.name,
+                nodes.c.labels,
+                nodes.c.reported_labels,
+                nodes.c.state,
+                nodes.c.capacity,
+            )
             if node_names is not None:
                 nq = nq.where(nodes.c.name.in_(list(node_names)))
             task_rows = [dict(r) for r in conn.execute(tq).mappings()]

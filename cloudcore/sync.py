@@ -308,7 +308,7 @@ class NodeSession(SessionDriver):
             # Opaque, but logged by the store when it changes: escaped (deterministically,
             # so the same id compares equal at every hello) and cut to the column.
             store_id=escape_text(body.get("store_id", ""), 64)[:64],
-            labels=labels,
+            reported_labels=labels,
             capacity=capacity,
             software=software,
             applied_rv=hello.applied_rv,

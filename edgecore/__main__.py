@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a label for task selectors; repeatable",
+        help="a label this node reports about itself; repeatable (placement uses the labels "
+        "the operator gave its token, or those the cloud lets nodes set: node_label_keys)",
     )
     serve = sub.add_parser("serve", help="run the daemon")
     serve.add_argument(

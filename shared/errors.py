@@ -112,8 +112,8 @@ class CertificateRefused(PKIError):
     `reason` is a short stable code (expired, foreign_ca, ...) used as a metric
     label; the message says what the operator should do."""
 
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(message or reason)
         self.reason = reason
 
 

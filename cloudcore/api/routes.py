@@ -169,6 +169,17 @@ class Api:
                 errors=(404, *STORE_ERRORS),
             ),
             Route(
+                "PUT",
+                "/api/v1/nodes/{name}/labels",
+                self.set_node_labels,
+                "Replace a node's placement labels (tasks are re-placed)",
+                s.NodeDetail,
+                body=s.NodeLabels,
+                body_rules=OPERATOR_BODY,
+                errors=(404, *STORE_ERRORS),
+                examples=[{"labels": {"zone": "lab"}}],
+            ),
+            Route(
                 "DELETE",
                 "/api/v1/nodes/{name}",
                 self.delete_node,
@@ -186,7 +197,7 @@ class Api:
                 body=s.TokenRequest,
                 body_rules=OPERATOR_BODY,
                 errors=(422, *STORE_ERRORS),
-                examples=[{"node": "pi-kitchen", "ttl": 3600}],
+                examples=[{"node": "pi-kitchen", "ttl": 3600, "labels": {"zone": "kitchen"}}],
             ),
             Route(
                 "GET",
@@ -298,12 +309,13 @@ class Api:
         token = pki.parse_join_token(body.token)
         pki.verify_ca_matches_token(self.pki.ca_cert, token)
         now_ms = self.clock.time_ms()
-        node = await self.db.run(
+        grant = await self.db.run(
             self.store.consume_join_token, token.token_id, token.secret, now_ms
         )
+        node = grant.node
         now = dt.datetime.fromtimestamp(now_ms / 1000, dt.timezone.utc)
         cert = self.pki.sign_node(body.csr.encode(), node, now, self.node_cert_days)
-        await self.db.run(self.store.register_node, node, now_ms)
+        await self.db.run(self.store.register_node, node, now_ms, grant.labels)
         log.info("node %s joined from %s", node, request.remote)
         self.scheduler.request(nodes={node})
         return _json(
@@ -324,6 +336,15 @@ class Api:
 
     async def get_node(self, request: web.Request) -> web.Response:
         name = _path_name(request, "name")
+        node = await self.db.run(self.store.get_node, name)
+        return _json(self._node_view(node, s.NodeDetail))
+
+    async def set_node_labels(self, request: web.Request) -> web.Response:
+        name = _path_name(request, "name")
+        body: s.NodeLabels = await self._body(request, s.NodeLabels, OPERATOR_BODY)
+        await self.db.run(self.store.set_node_labels, name, body.labels)
+        log.info("node %s labelled %s by an operator", name, body.labels)
+        await self.scheduler.placed(nodes={name}, timeout=PLACEMENT_WAIT)
         node = await self.db.run(self.store.get_node, name)
         return _json(self._node_view(node, s.NodeDetail))
 
@@ -349,7 +370,13 @@ class Api:
         now_ms = self.clock.time_ms()
         expires_ms = now_ms + int(ttl * 1000)
         await self.db.run(
-            self.store.add_join_token, token.token_id, body.node, token.secret, now_ms, expires_ms
+            self.store.add_join_token,
+            token.token_id,
+            body.node,
+            token.secret,
+            now_ms,
+            expires_ms,
+            body.labels,
         )
         log.info("join token created for node %s (expires in %.0fs)", body.node, ttl)
         return _json(s.TokenResponse(node=body.node, token=str(token), expires_ms=expires_ms), 201)

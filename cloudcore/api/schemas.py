@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from shared.resources.common import Name
+from shared.resources.common import Labels, Name
 
 Millis = Annotated[int, msgspec.Meta(description="milliseconds since the Unix epoch (UTC)")]
 
@@ -56,6 +56,8 @@ class JoinResponse(_Out, frozen=True):
 
 class TokenRequest(_In, frozen=True):
     node: Name
+    labels: Labels = {}
+    """Placement labels the node gets when it joins (operator-owned)."""
     ttl: Annotated[float, msgspec.Meta(gt=0, le=7 * 86400, description="seconds")] | None = None
 
 
@@ -73,6 +75,9 @@ class NodeView(_Out, frozen=True):
     transport: str
     peer: str
     labels: dict[str, str]
+    """Placement labels: the operator's (join token, `edgectl node label`)."""
+    reported_labels: dict[str, str]
+    """What the node says about itself; used for placement only for `node_label_keys`."""
     capacity: dict[str, Any]
     heartbeat: dict[str, Any]
     software: str
@@ -143,6 +148,11 @@ class TaskApplied(_Out, frozen=True):
     nodes: int | None
     """Nodes the task is assigned to now; null if placement took longer than the API
     waits (it goes on in the background: `GET` the task for its assignments)."""
+
+
+class NodeLabels(_In, frozen=True):
+    labels: Labels
+    """The node's placement labels, replacing the old ones; tasks are re-placed."""
 
 
 class Deleted(_Out, frozen=True):

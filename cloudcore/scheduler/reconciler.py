@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from cloudcore.scheduler.filters import DEFAULT_FILTERS
@@ -22,6 +22,7 @@ from cloudcore.store import CloudStore, DesiredRow, Placement
 from shared.clock import Clock
 from shared.dbthread import DbThread
 from shared.errors import ResourceError, StoreError
+from shared.labels import placement_labels
 from shared.resources import task_from_document
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Scheduler:
         filters: Sequence[Filter] = DEFAULT_FILTERS,
         scores: Sequence[Score] = (),
         resync_interval: float = RESYNC_INTERVAL,
+        node_label_keys: Collection[str] = (),
     ) -> None:
         self._store = store
         self._db = db
@@ -57,6 +59,8 @@ class Scheduler:
         self.filters = filters
         self.scores = scores
         self.resync_interval = resync_interval
+        self.node_label_keys = frozenset(node_label_keys)
+        """Label keys a node may set on itself for placement (shared/labels.py)."""
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._ready = asyncio.Event()
@@ -100,7 +104,9 @@ class Scheduler:
         self._full = True
         self._wake.set()
 
-    async def placed(self, tasks: Iterable[str] = (), timeout: float = 10.0) -> bool:
+    async def placed(
+        self, tasks: Iterable[str] = (), nodes: Iterable[str] = (), timeout: float = 10.0
+    ) -> bool:
         """Request a reconcile and wait until one that covers it has committed.
 
         Returns False if that took longer than `timeout` (the reconcile goes on).
@@ -108,7 +114,7 @@ class Scheduler:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiter.add_done_callback(_consume)
         self._waiters.append(waiter)
-        self.request(tasks=tasks)
+        self.request(tasks=tasks, nodes=nodes)
         try:
             await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except (TimeoutError, asyncio.TimeoutError):
@@ -162,7 +168,10 @@ class Scheduler:
         async with self._lock:
             task_rows, node_rows = await self._db.run(self._store.scheduling_inputs, keys, nodes)
             decisions = place(
-                _task_infos(task_rows), _node_infos(node_rows), self.filters, self.scores
+                _task_infos(task_rows),
+                _node_infos(node_rows, self.node_label_keys),
+                self.filters,
+                self.scores,
             )
             placements = [
                 Placement(d.task.key, d.task.generation, d.task.document, d.nodes)
@@ -212,11 +221,13 @@ def _task_infos(rows: Iterable[dict[str, Any]]) -> list[TaskInfo]:
     return infos
 
 
-def _node_infos(rows: Iterable[dict[str, Any]]) -> list[NodeInfo]:
+def _node_infos(rows: Iterable[dict[str, Any]], self_settable: Collection[str]) -> list[NodeInfo]:
     return [
         NodeInfo(
             name=r["name"],
-            labels=r.get("labels") or {},
+            labels=placement_labels(
+                r.get("labels") or {}, r.get("reported_labels") or {}, self_settable
+            ),
             state=r["state"],
             capacity=r.get("capacity") or {},
         )

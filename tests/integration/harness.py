@@ -228,19 +228,36 @@ class Cloud:
             except ValueError:
                 return resp.status, text
 
-    async def create_token(self, node: str, ttl: float | None = None) -> dict[str, Any]:
+    async def create_token(
+        self, node: str, ttl: float | None = None, labels: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """A join token; `labels` are the operator's placement labels for the node."""
         body: dict[str, Any] = {"node": node}
         if ttl is not None:
             body["ttl"] = ttl
+        if labels is not None:
+            body["labels"] = labels
         status, answer = await self.request("POST", "/api/v1/tokens", json_body=body)
         assert status == 201, answer
         return dict(answer)
 
     async def join(
-        self, node: str, edge_dir: Path, labels: dict[str, str] | None = None
+        self,
+        node: str,
+        edge_dir: Path,
+        labels: dict[str, str] | None = None,
+        operator_labels: dict[str, str] | None = None,
     ) -> EdgeIdentity:
-        """Join `node` with the real `edgecore join` code (in a thread: it uses urllib)."""
-        token = (await self.create_token(node))["token"]
+        """Join `node` with the real `edgecore join` code (in a thread: it uses urllib).
+
+        `labels` are what the edge reports about itself; `operator_labels` go with the token.
+        """
+        token = (await self.create_token(node, labels=operator_labels))["token"]
+        return await self.join_with_token(node, token, edge_dir, labels)
+
+    async def join_with_token(
+        self, node: str, token: str, edge_dir: Path, labels: dict[str, str] | None = None
+    ) -> EdgeIdentity:
         name = await asyncio.to_thread(edge_join, self.api_url, token, edge_dir, labels or {})
         assert name == node
         return EdgeIdentity(node, edge_dir)

@@ -266,7 +266,7 @@ def test_result_history_is_trimmed_per_task_and_node(placed: CloudStore) -> None
 def test_join_token_is_consumed_once(store: CloudStore) -> None:
     store.add_join_token("0123456789abcdef", "n1", "s" * 43, NOW, NOW + 60_000)
 
-    assert store.consume_join_token("0123456789abcdef", "s" * 43, NOW + 1) == "n1"
+    assert store.consume_join_token("0123456789abcdef", "s" * 43, NOW + 1).node == "n1"
     with pytest.raises(JoinError, match="already used"):
         store.consume_join_token("0123456789abcdef", "s" * 43, NOW + 2)
 
@@ -276,7 +276,7 @@ def test_expired_join_token_is_refused(store: CloudStore) -> None:
     with pytest.raises(JoinError, match="expired"):
         store.consume_join_token("0123456789abcdef", "s" * 43, NOW + 60_000)
     store.add_join_token("fedcba9876543210", "n2", "t" * 43, NOW, NOW + 60_000)
-    assert store.consume_join_token("fedcba9876543210", "t" * 43, NOW + 59_999) == "n2"
+    assert store.consume_join_token("fedcba9876543210", "t" * 43, NOW + 59_999).node == "n2"
 
 
 def test_forged_or_unknown_join_token_is_refused(store: CloudStore) -> None:
@@ -287,7 +287,7 @@ def test_forged_or_unknown_join_token_is_refused(store: CloudStore) -> None:
     with pytest.raises(JoinError, match="unknown or forged"):
         store.consume_join_token("fedcba9876543210", "s" * 43, NOW)
     # Neither attempt used the real token up.
-    assert store.consume_join_token("0123456789abcdef", "s" * 43, NOW) == "n1"
+    assert store.consume_join_token("0123456789abcdef", "s" * 43, NOW).node == "n1"
 
 
 def test_join_token_secret_is_stored_hashed(store: CloudStore) -> None:
@@ -304,7 +304,7 @@ def test_join_token_secret_is_stored_hashed(store: CloudStore) -> None:
 def connect(store: CloudStore, node: str, store_id: str, **kw: Any) -> SessionStart:
     args: dict[str, Any] = dict(
         store_id=store_id,
-        labels={"zone": "lab"},
+        reported_labels={"zone": "lab"},
         capacity={"cpus": 4},
         software="edgecore/test",
         applied_rv=0,
@@ -352,11 +352,11 @@ def test_results_from_a_new_edge_store_are_recorded_after_the_reset(
 
 
 def test_node_connected_reports_label_changes_and_takes_applied_rv(placed: CloudStore) -> None:
-    assert connect(placed, "n1", "s", labels={"zone": "lab"})[1] is True
-    assert connect(placed, "n1", "s", labels={"zone": "lab"}, applied_rv=3).resync is False
+    assert connect(placed, "n1", "s", reported_labels={"zone": "lab"})[1] is True
+    assert connect(placed, "n1", "s", reported_labels={"zone": "lab"}, applied_rv=3).resync is False
     assert placed.get_node("n1")["acked_rv"] == 3
-    assert connect(placed, "n1", "s", labels={"zone": "lab"})[1] is False
-    assert connect(placed, "n1", "s", labels={"zone": "attic"})[1] is True
+    assert connect(placed, "n1", "s", reported_labels={"zone": "lab"})[1] is False
+    assert connect(placed, "n1", "s", reported_labels={"zone": "attic"})[1] is True
 
 
 def test_unregistered_node_cannot_connect(store: CloudStore) -> None:
@@ -376,7 +376,13 @@ def test_register_node_on_rejoin_resets_cursors(placed: CloudStore) -> None:
     node = placed.get_node("n1")
     assert (node["acked_rv"], node["received_seq"], node["store_id"]) == (0, 0, None)
     assert (node["state"], node["joined_ms"]) == ("NotReady", NOW + 10)
-    assert node["labels"] == {"zone": "lab"}  # kept until the edge reports its own
+    assert node["reported_labels"] == {"zone": "lab"}  # kept until the edge reports its own
+    assert node["labels"] == {}  # the operator never gave it any
+
+    placed.register_node("n1", NOW + 20, {"zone": "field"})  # a token with labels
+    assert placed.get_node("n1")["labels"] == {"zone": "field"}
+    placed.register_node("n1", NOW + 30)  # a token without: the operator's labels stay
+    assert placed.get_node("n1")["labels"] == {"zone": "field"}
     assert len(placed.list_nodes()) == 2
 
 

@@ -265,7 +265,10 @@ def test_the_cloud_fixture_from_1f63a07_upgrades_and_stays_usable(tmp_path: Path
         nodes = {n["name"]: n for n in store.list_nodes()}
         assert sorted(nodes) == ["pi-garage", "pi-kitchen"]
         assert nodes["pi-garage"]["state"] == "NotReady"
+        # 0003: labels nodes reported before stay the placement labels (no task moves)
+        # and are kept apart as reported_labels from now on.
         assert nodes["pi-kitchen"]["labels"] == {"zone": "kitchen"}
+        assert nodes["pi-kitchen"]["reported_labels"] == {"zone": "kitchen"}
         assert nodes["pi-garage"]["received_seq"] == 4
         garage = store.get_node("pi-garage")
         assert sorted(a["res"] for a in garage["assignments"]) == [
@@ -280,16 +283,14 @@ def test_the_cloud_fixture_from_1f63a07_upgrades_and_stays_usable(tmp_path: Path
         # Tokens: the used one stays used, the open one can still be consumed once.
         with pytest.raises(JoinError, match="already used"):
             store.consume_join_token("tok-used", "secret-used", NOW)
-        assert (
-            store.consume_join_token("tok-open", "secret-open", FIXTURE_NOW + 60_000)
-            == "jetson-lab"
-        )
+        grant = store.consume_join_token("tok-open", "secret-open", FIXTURE_NOW + 60_000)
+        assert grant == ("jetson-lab", None)
 
         # The session cursors resume; a duplicate result is recognised, a new one applied.
         start = store.node_connected(
             "pi-garage",
             store_id="store-pi-garage",
-            labels={"zone": "garage"},
+            reported_labels={"zone": "garage"},
             capacity={},
             software="edgesync 0.2.0",
             applied_rv=3,
