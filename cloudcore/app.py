@@ -14,6 +14,7 @@ import yaml
 from aiohttp import web
 
 from cloudcore.api import Api
+from cloudcore.api.listener import ApiListener
 from cloudcore.config import CloudConfig
 from cloudcore.hub.quic import QuicHubServer
 from cloudcore.hub.refusals import RefusalLog
@@ -115,12 +116,15 @@ class CloudCore:
         await runner.setup()
         api_ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         api_ssl.load_cert_chain(self.pki.server_cert_path, self.pki.server_key_path)
-        site = web.TCPSite(
-            runner, self.config.api.listen, self.config.api.port, ssl_context=api_ssl
+        assert runner.server is not None
+        listener = ApiListener(
+            runner.server,
+            api_ssl,
+            self.refusals,
+            self.config.hub.handshake_timeout,
+            self.config.hub.max_pending_handshakes,
         )
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        self.api_port = int(sockets[0].getsockname()[1]) if sockets else self.config.api.port
+        self.api_port = await listener.start(self.config.api.listen, self.config.api.port)
         if self.config.api.insecure_no_auth:
             log.warning("operator API runs WITHOUT authentication (api.insecure_no_auth)")
         self.scheduler.start()
@@ -152,6 +156,7 @@ class CloudCore:
             await self.hub.stop()
             if quic is not None:
                 await quic.stop()
+            await listener.stop()
             await runner.cleanup()
             api.bodies.close()
             refusals.close()

@@ -108,3 +108,17 @@ class HeapTrimmer:
     def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+
+
+def release_handshake(exc: BaseException) -> None:
+    """Let a failed TLS handshake's memory go now, not at the next full garbage collection.
+
+    The exception's traceback holds `loop.start_tls`'s frame, whose waiter future holds
+    the exception: a reference cycle that keeps asyncio's SSLProtocol and its 256 KiB
+    buffer alive until the cyclic collector runs, which for long-lived objects can be
+    never in practice (measured: +300 MB per 1,000 stalled handshakes, not returned).
+    Dropping the traceback breaks the cycle, so reference counting frees it at once.
+    """
+    exc.__traceback__ = None
+    if exc.__context__ is not None:
+        exc.__context__.__traceback__ = None

@@ -14,8 +14,8 @@ handshake:
   transports share (shared/certpolicy.py);
 - nothing TLS-sized is allocated before the client speaks: asyncio's TLS
   layer takes a 256 KiB read buffer per connection at `start_tls`, so the
-  hub first waits (`_Doorman`: no task, on a dup of the socket's descriptor,
-  reading nothing) until the ClientHello is there, and a socket that stays
+  hub first waits (cloudcore/hub/doorman.py: no task, on a dup of the socket's
+  descriptor, reading nothing) until the ClientHello is there, and a socket that stays
   silent is closed after `handshake_timeout`; a failed handshake's memory is
   freed at once and returned to the OS after a burst (cloudcore/hub/tls.py);
 - at most `max_pending` connections may be unauthenticated at once; beyond
@@ -29,8 +29,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import os
-import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -43,8 +41,9 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from cloudcore.hub.doorman import Doorman
 from cloudcore.hub.refusals import RefusalLog
-from cloudcore.hub.tls import HeapTrimmer
+from cloudcore.hub.tls import HeapTrimmer, release_handshake
 from shared import certpolicy
 from shared.errors import CertificateRefused, LinkBroken, LinkClosed, LinkError, PeerClosed
 from shared.text import escape_text
@@ -53,123 +52,12 @@ log = logging.getLogger(__name__)
 
 PATH = "/edgesync/v1"
 _DATA_OPCODES = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
-_TLS_HANDSHAKE_RECORD = 0x16
-"""The first byte of every TLS ClientHello (record type: handshake)."""
 
 
 class _Refused(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-class _Doorman(asyncio.Protocol):
-    """A connection until its client speaks: no task, no buffers, a few hundred bytes.
-
-    Reading is paused the instant TCP connects. A duplicate of the descriptor is
-    watched for readability and only peeked at, so the ClientHello stays in the
-    kernel for TLS to read; only then does the connection get a WebSocketChannel
-    and asyncio's TLS layer (with its 256 KiB buffer). A client that stays silent
-    for `handshake_timeout`, closes, or does not start with a TLS handshake record
-    is refused here.
-    """
-
-    def __init__(self, server: WebSocketServer) -> None:
-        self._server = server
-        self._transport: asyncio.Transport | None = None
-        self._dup: socket.socket | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._counted = False
-        self.peer = "unknown"
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.pause_reading()  # not one byte before TLS owns the socket
-        self._transport = transport
-        addr = transport.get_extra_info("peername")
-        self.peer = f"{addr[0]}:{addr[1]}" if addr else "unknown"
-        server = self._server
-        if server.pending >= server.max_pending:
-            self._refuse(
-                "too_many_handshakes",
-                f"{server.pending} connections are already unauthenticated "
-                "(hub.max_pending_handshakes); a scan or a flood? closed at once",
-            )
-            return
-        server.pending += 1
-        self._counted = True
-        raw = transport.get_extra_info("socket")
-        loop = asyncio.get_running_loop()
-        if raw is None:  # not a socket transport (never with create_server): go on at once
-            self._admit()
-            return
-        self._dup = socket.socket(fileno=os.dup(raw.fileno()))
-        loop.add_reader(self._dup.fileno(), self._readable)
-        self._timer = loop.call_later(server.handshake_timeout, self._idle)
-        server.doormen.add(self)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._release()
-        self._uncount()
-
-    def _readable(self) -> None:
-        assert self._dup is not None
-        try:
-            first = self._dup.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
-            return  # spurious wake-up
-        except OSError:
-            first = b""
-        self._release()
-        if not first:
-            self._refuse("closed_before_tls", "connection closed before the TLS handshake")
-        elif first[0] != _TLS_HANDSHAKE_RECORD:
-            hint = " (plain HTTP?)" if first in b"GPHDOC" else ""
-            self._refuse(
-                "not_tls", f"the client does not speak TLS: first byte 0x{first[0]:02x}{hint}"
-            )
-        else:
-            self._admit()
-
-    def _admit(self) -> None:
-        assert self._transport is not None
-        channel = WebSocketChannel(self._server, self._transport, self.peer)
-        self._counted = False  # the channel counts itself from here
-        self._server.spawn(channel._serve())
-
-    def _idle(self) -> None:
-        self._timer = None
-        self._release()
-        timeout = self._server.handshake_timeout
-        self._refuse("handshake_timeout", f"no TLS ClientHello within {timeout:g}s (idle socket)")
-
-    def _refuse(self, reason: str, message: str) -> None:
-        self._server.refusals.refuse("WebSocket", self.peer, reason, message)
-        self._uncount()
-        if self._transport is not None:
-            self._transport.abort()
-
-    def _release(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._dup is not None:
-            asyncio.get_running_loop().remove_reader(self._dup.fileno())
-            self._dup.close()
-            self._dup = None
-        self._server.doormen.discard(self)
-
-    def _uncount(self) -> None:
-        if self._counted:
-            self._counted = False
-            self._server.pending -= 1
-
-    def close(self) -> None:
-        """Server shutdown: drop the connection."""
-        self._release()
-        self._uncount()
-        if self._transport is not None:
-            self._transport.abort()
 
 
 class WebSocketChannel(asyncio.Protocol):
@@ -269,12 +157,12 @@ class WebSocketChannel(asyncio.Protocol):
                 ssl_handshake_timeout=server.handshake_timeout,
             )
         except ssl.SSLCertVerificationError as exc:
-            _release_handshake(exc)
+            release_handshake(exc)
             reason = certpolicy.reason_for_openssl_code(exc.verify_code)
             detail = certpolicy.refused(reason, exc.verify_message or str(exc))
             raise _Refused(reason, f"TLS handshake failed: {detail}") from None
         except (ssl.SSLError, ConnectionError, OSError, TimeoutError, asyncio.TimeoutError) as exc:
-            _release_handshake(exc)
+            release_handshake(exc)
             server.tls_failures += 1
             reason, text = _describe_tls_error(exc)
             raise _Refused(reason, f"TLS handshake failed: {text}") from None
@@ -434,7 +322,8 @@ class WebSocketServer:
         self.max_pending = max_pending
         """Connections allowed to be unauthenticated at once (waiting for or in TLS)."""
         self.pending = 0
-        self.doormen: set[_Doorman] = set()
+        self.doormen: set[Doorman] = set()
+        self.name = "WebSocket"
         self.trimmer = HeapTrimmer()
         """Gives TLS buffers back to the OS after bursts of connections (glibc)."""
         # Frames somewhat above the protocol limit still reach the codec, which
@@ -450,8 +339,12 @@ class WebSocketServer:
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the bound port (useful with port 0)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Doorman(self), host, port)
+        self._server = await loop.create_server(lambda: Doorman(self), host, port)
         return int(self._server.sockets[0].getsockname()[1])
+
+    def admit(self, transport: asyncio.Transport, peer: str) -> None:
+        """A ClientHello arrived: TLS, identity, then the session (WebSocketChannel)."""
+        self.spawn(WebSocketChannel(self, transport, peer)._serve())
 
     def spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -466,20 +359,6 @@ class WebSocketServer:
             doorman.close()
         for task in list(self._tasks):
             task.cancel()
-
-
-def _release_handshake(exc: BaseException) -> None:
-    """Let a failed TLS handshake's memory go now, not at the next full garbage collection.
-
-    The exception's traceback holds `loop.start_tls`'s frame, whose waiter future holds
-    the exception: a reference cycle that keeps asyncio's SSLProtocol and its 256 KiB
-    buffer alive until the cyclic collector runs, which for long-lived objects can be
-    never in practice (measured: +300 MB per 1,000 stalled handshakes, not returned).
-    Dropping the traceback breaks the cycle, so reference counting frees it at once.
-    """
-    exc.__traceback__ = None
-    if exc.__context__ is not None:
-        exc.__context__.__traceback__ = None
 
 
 def _describe_tls_error(exc: BaseException) -> tuple[str, str]:

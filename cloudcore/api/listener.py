@@ -1,0 +1,92 @@
+"""The HTTPS listener of the join endpoint and operator API, behind a Doorman.
+
+aiohttp's own `TCPSite(ssl_context=...)` lets asyncio start TLS at accept,
+~190 MB per 1,000 idle sockets that is never returned (measured:
+tests/e2e/test_preauth_memory.py). Here the port accepts plain TCP behind
+the same door as the WebSocket hub (cloudcore/hub/doorman.py), and only a
+client that sends a ClientHello gets TLS and then aiohttp's request handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from cloudcore.hub.doorman import Doorman
+from cloudcore.hub.refusals import RefusalLog
+from cloudcore.hub.tls import HeapTrimmer, release_handshake
+
+
+class ApiListener:
+    """Serves `protocol_factory` (aiohttp's `web.Server`) over TLS on HOST:PORT."""
+
+    name = "API"
+
+    def __init__(
+        self,
+        protocol_factory: Callable[[], asyncio.Protocol],
+        ssl_context: ssl.SSLContext,
+        refusals: RefusalLog,
+        handshake_timeout: float,
+        max_pending: int,
+    ) -> None:
+        self.protocol_factory = protocol_factory
+        self.ssl_context = ssl_context
+        self.refusals = refusals
+        self.handshake_timeout = handshake_timeout
+        self.max_pending = max_pending
+        self.pending = 0
+        self.doormen: set[Doorman] = set()
+        self.trimmer = HeapTrimmer()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen; returns the bound port (useful with port 0)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: Doorman(self), host, port)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def admit(self, transport: asyncio.Transport, peer: str) -> None:
+        task = asyncio.ensure_future(self._serve(transport, peer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, transport: asyncio.Transport, peer: str) -> None:
+        loop = asyncio.get_running_loop()
+        protocol = self.protocol_factory()
+        try:
+            tls = await loop.start_tls(
+                transport,
+                protocol,
+                self.ssl_context,
+                server_side=True,
+                ssl_handshake_timeout=self.handshake_timeout,
+            )
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
+            release_handshake(exc)
+            reason = "handshake_timeout" if isinstance(exc, asyncio.TimeoutError) else "tls_failed"
+            text = str(getattr(exc, "reason", None) or exc or type(exc).__name__)
+            self.refusals.refuse(self.name, peer, reason, f"TLS handshake failed: {text}")
+            transport.abort()
+            self.trimmer.note_release()
+            return
+        finally:
+            self.pending -= 1
+        if tls is None:  # closed during the handshake
+            transport.abort()
+            return
+        if sys.version_info < (3, 11):  # 3.11's start_tls calls connection_made itself
+            protocol.connection_made(tls)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        self.trimmer.stop()
+        for doorman in list(self.doormen):
+            doorman.close()
+        for task in list(self._tasks):
+            task.cancel()

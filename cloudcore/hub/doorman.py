@@ -1,0 +1,141 @@
+"""The door of every TLS port: a connection costs a few hundred bytes until its client speaks.
+
+asyncio's TLS layer takes a 256 KiB read buffer per connection at `start_tls`
+(and `create_server(ssl=...)` does so at accept), so a scan of idle sockets
+costs the cloud ~190 MB per 1,000 that glibc does not give back. A `Doorman`
+accepts the TCP connection with reading paused and no task, watches a
+duplicate of its descriptor, and only peeks at the first byte; once a TLS
+ClientHello is there it hands the transport to its `Gate`, which starts TLS.
+A silent client is closed after the gate's `handshake_timeout`, a client that
+does not speak TLS at once, and beyond `max_pending` unauthenticated
+connections a new one is closed on accept (counted and logged within the
+refusal log's budget). The WebSocket hub and the HTTPS API both stand behind
+one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from typing import Protocol
+
+from cloudcore.hub.refusals import RefusalLog
+
+TLS_HANDSHAKE_RECORD = 0x16
+"""The first byte of every TLS ClientHello (record type: handshake)."""
+
+
+class Gate(Protocol):
+    """What a doorman answers to: the port's bounds, its refusal log, and who comes next."""
+
+    name: str
+    """Shown in refusal log lines: WebSocket, API."""
+    refusals: RefusalLog
+    handshake_timeout: float
+    max_pending: int
+    pending: int
+    """Connections not yet authenticated: at the door, or in the TLS handshake."""
+    doormen: set[Doorman]
+
+    def admit(self, transport: asyncio.Transport, peer: str) -> None:
+        """The client sent a ClientHello: start TLS. The connection still counts as
+        pending; the gate calls `pending -= 1` when its handshake ends."""
+
+
+class Doorman(asyncio.Protocol):
+    def __init__(self, gate: Gate) -> None:
+        self._gate = gate
+        self._transport: asyncio.Transport | None = None
+        self._dup: socket.socket | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._counted = False
+        self.peer = "unknown"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()  # not one byte before TLS owns the socket
+        self._transport = transport
+        addr = transport.get_extra_info("peername")
+        self.peer = f"{addr[0]}:{addr[1]}" if addr else "unknown"
+        gate = self._gate
+        if gate.pending >= gate.max_pending:
+            self._refuse(
+                "too_many_handshakes",
+                f"{gate.pending} connections are already unauthenticated "
+                "(max_pending_handshakes); a scan or a flood? closed at once",
+            )
+            return
+        gate.pending += 1
+        self._counted = True
+        raw = transport.get_extra_info("socket")
+        loop = asyncio.get_running_loop()
+        if raw is None:  # not a socket transport (never with create_server): go on at once
+            self._admit()
+            return
+        self._dup = socket.socket(fileno=os.dup(raw.fileno()))
+        loop.add_reader(self._dup.fileno(), self._readable)
+        self._timer = loop.call_later(gate.handshake_timeout, self._idle)
+        gate.doormen.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._release()
+        self._uncount()
+
+    def _readable(self) -> None:
+        assert self._dup is not None
+        try:
+            first = self._dup.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return  # spurious wake-up
+        except OSError:
+            first = b""
+        self._release()
+        if not first:
+            self._refuse("closed_before_tls", "connection closed before the TLS handshake")
+        elif first[0] != TLS_HANDSHAKE_RECORD:
+            hint = " (plain HTTP?)" if first in b"GPHDOC" else ""
+            self._refuse(
+                "not_tls", f"the client does not speak TLS: first byte 0x{first[0]:02x}{hint}"
+            )
+        else:
+            self._admit()
+
+    def _admit(self) -> None:
+        assert self._transport is not None
+        self._counted = False  # the gate counts it from here until its handshake ends
+        self._gate.admit(self._transport, self.peer)
+
+    def _idle(self) -> None:
+        self._timer = None
+        self._release()
+        timeout = self._gate.handshake_timeout
+        self._refuse("handshake_timeout", f"no TLS ClientHello within {timeout:g}s (idle socket)")
+
+    def _refuse(self, reason: str, message: str) -> None:
+        self._gate.refusals.refuse(self._gate.name, self.peer, reason, message)
+        self._uncount()
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _release(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._dup is not None:
+            asyncio.get_running_loop().remove_reader(self._dup.fileno())
+            self._dup.close()
+            self._dup = None
+        self._gate.doormen.discard(self)
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._gate.pending -= 1
+
+    def close(self) -> None:
+        """Server shutdown: drop the connection."""
+        self._release()
+        self._uncount()
+        if self._transport is not None:
+            self._transport.abort()
