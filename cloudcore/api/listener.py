@@ -11,13 +11,39 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import sys
 from collections.abc import Callable
 from typing import Any
 
 from cloudcore.hub.doorman import Doorman
 from cloudcore.hub.refusals import RefusalLog
 from cloudcore.hub.tls import HeapTrimmer, release_handshake
+
+
+class _Early(asyncio.Protocol):
+    """Holds what TLS delivers between the handshake and the real protocol's start:
+    start_tls reads (and may deliver a request) before its caller runs again."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.eof = False
+        self.lost = False
+
+    def data_received(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        return True  # keep the transport open until the real protocol has seen it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+    def hand_over(self, protocol: asyncio.Protocol) -> None:
+        for chunk in self.data:
+            protocol.data_received(chunk)
+        self.data.clear()
+        if self.eof:
+            protocol.eof_received()
 
 
 class ApiListener:
@@ -57,11 +83,11 @@ class ApiListener:
 
     async def _serve(self, transport: asyncio.Transport, peer: str) -> None:
         loop = asyncio.get_running_loop()
-        protocol = self.protocol_factory()
+        early = _Early()
         try:
             tls = await loop.start_tls(
                 transport,
-                protocol,
+                early,
                 self.ssl_context,
                 server_side=True,
                 ssl_handshake_timeout=self.handshake_timeout,
@@ -76,11 +102,13 @@ class ApiListener:
             return
         finally:
             self.pending -= 1
-        if tls is None:  # closed during the handshake
+        if tls is None or early.lost:  # closed during the handshake
             transport.abort()
             return
-        if sys.version_info < (3, 11):  # 3.11's start_tls calls connection_made itself
-            protocol.connection_made(tls)
+        protocol = self.protocol_factory()
+        protocol.connection_made(tls)  # start_tls leaves that to its caller
+        tls.set_protocol(protocol)
+        early.hand_over(protocol)
 
     async def stop(self) -> None:
         if self._server is not None:
