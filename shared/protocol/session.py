@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 from shared.errors import LocalProtocolError, ProtocolError, RemoteProtocolError, UnsupportedVersion
-from shared.ids import new_ulid
+from shared.ids import IdSource, UlidSource
 from shared.protocol import codec
 from shared.protocol.events import (
     AckReceived,
@@ -71,7 +71,17 @@ class Session:
     Misuse by the local application raises LocalProtocolError.
     """
 
-    def __init__(self, role: Role, config: SessionConfig, now: float, wall_ms: int) -> None:
+    def __init__(
+        self,
+        role: Role,
+        config: SessionConfig,
+        now: float,
+        wall_ms: int,
+        *,
+        ids: IdSource | None = None,
+    ) -> None:
+        """`ids` makes each outgoing message's id from its wall time (default: a `UlidSource`
+        of this session's own); pass a seeded one to make every frame reproducible."""
         self.role = role
         self.config = config
         self.state = INITIAL[role]
@@ -80,6 +90,7 @@ class Session:
         self.rtt: float | None = None
         """Round-trip time of the latest answered ping, seconds."""
         self._wall_offset_ms = wall_ms - int(now * 1000)
+        self._new_id: IdSource = ids if ids is not None else UlidSource()
         self._out: list[bytes] = []
         self._events: list[Event] = []
         self._started = now
@@ -402,7 +413,7 @@ class Session:
         body: dict[str, Any] | None = None,
     ) -> str:
         wall = int(now * 1000) + self._wall_offset_ms
-        msg_id = new_ulid(wall)
+        msg_id = self._new_id(wall)
         env = Envelope(op=op, id=msg_id, ts=wall, res=res, rv=rv, seq=seq, parent=parent, body=body)
         self._out.append(codec.encode(env, self.config.limits))
         return msg_id
