@@ -11,6 +11,8 @@ Reliability lives above a single connection: cursors (`rv` downstream,
 hello/welcome, and acked cumulatively. Within a connection the session
 enforces ordering (cursors strictly increase), a send window (at most
 `window` unacked reliable messages in flight) and liveness (ping/pong).
+The ordering and window rules themselves are rows in states.py; this
+module keeps the counters and applies each verdict.
 """
 
 from __future__ import annotations
@@ -32,14 +34,29 @@ from shared.protocol.events import (
     SessionClosed,
     WelcomeReceived,
 )
-from shared.protocol.messages import (
-    DOWNSTREAM_RELIABLE,
-    SUPPORTED_VERSIONS,
-    UPSTREAM_RELIABLE,
-    Envelope,
-    Op,
+from shared.protocol.messages import SUPPORTED_VERSIONS, Envelope, Op
+from shared.protocol.states import (
+    INITIAL,
+    LOCAL_ACK_OK,
+    MOVE_OK,
+    PEER_ACK_OK,
+    RECEIVABLE,
+    RECEIVE_OK,
+    SEND_OK,
+    STREAMS,
+    TRANSITIONS,
+    Outcome,
+    Role,
+    Rule,
+    State,
+    Trigger,
+    check_local_ack,
+    check_move_send_cursor,
+    check_peer_ack,
+    check_receive,
+    check_send,
+    send_capacity,
 )
-from shared.protocol.states import INITIAL, RECEIVABLE, TRANSITIONS, Role, State, Trigger
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +101,7 @@ class Session:
         of this session's own); pass a seeded one to make every frame reproducible."""
         self.role = role
         self.config = config
+        self._stream = STREAMS[role]
         self.state = INITIAL[role]
         self.version: int | None = None
         self.close_error: ProtocolError | None = None
@@ -137,9 +155,7 @@ class Session:
 
     def send_capacity(self) -> int:
         """How many more reliable messages `send` accepts before acks arrive."""
-        if self.state is not State.OPEN:
-            return 0
-        return self.config.window - len(self._in_flight)
+        return send_capacity(self.state, self.config.window, len(self._in_flight))
 
     @property
     def last_sent(self) -> int:
@@ -148,8 +164,9 @@ class Session:
 
     def start_sending_after(self, cursor: int) -> None:
         """Set where this session's outgoing stream resumes (the peer's announced cursor)."""
-        if self._in_flight:
-            raise LocalProtocolError("cannot move the send cursor with messages in flight")
+        rule = check_move_send_cursor(len(self._in_flight))
+        if rule is not MOVE_OK:
+            raise _violation(rule)
         self._last_sent = self._last_acked_by_peer = cursor
 
     def send(
@@ -166,16 +183,20 @@ class Session:
         full, the op is not reliable for this side, or `cursor` does not
         strictly increase.
         """
-        allowed = DOWNSTREAM_RELIABLE if self.role is Role.CLOUD else UPSTREAM_RELIABLE
-        if op not in allowed:
-            raise LocalProtocolError(f"{self.role.value} cannot send {op.value} reliably")
-        if self.state is not State.OPEN:
-            raise LocalProtocolError(f"cannot send {op.value}: session is {self.state.value}")
-        if len(self._in_flight) >= self.config.window:
-            raise LocalProtocolError("send window is full; wait for AckReceived")
-        if cursor <= self._last_sent:
-            raise LocalProtocolError(f"cursor {cursor} does not follow {self._last_sent}")
-        if self.role is Role.CLOUD:
+        last = self._last_sent
+        rule = check_send(
+            self.role, self.state, op, cursor, last, len(self._in_flight), self.config.window
+        )
+        if rule is not SEND_OK:
+            raise _violation(
+                rule,
+                role=self.role.value,
+                op=op.value,
+                state=self.state.value,
+                cursor=cursor,
+                last=last,
+            )
+        if self._stream.send_cursor == "rv":
             msg_id = self._emit(op, now, res=res, rv=cursor, body=body)
         else:
             msg_id = self._emit(op, now, res=res, seq=cursor, body=body)
@@ -185,16 +206,14 @@ class Session:
 
     def ack(self, cursor: int, now: float) -> None:
         """Acknowledge every received reliable message up to `cursor` (after applying them)."""
-        if self.state is not State.OPEN:
-            return
-        if cursor > self._last_received_cursor:
-            raise LocalProtocolError(
-                f"cannot ack {cursor}: only received up to {self._last_received_cursor}"
-            )
-        if cursor <= self._last_acked_by_us:
+        last = self._last_received_cursor
+        rule = check_local_ack(self.state, cursor, last, self._last_acked_by_us)
+        if rule is not LOCAL_ACK_OK:
+            if rule.outcome is not Outcome.IGNORE:
+                raise _violation(rule, cursor=cursor, last=last)
             return
         self._last_acked_by_us = cursor
-        if self.role is Role.EDGE:
+        if self._stream.receive_cursor == "rv":
             self._emit(Op.ACK, now, rv=cursor)
         else:
             self._emit(Op.ACK, now, seq=cursor)
@@ -305,27 +324,25 @@ class Session:
         )
 
     def _on_reliable(self, env: Envelope) -> None:
-        cursor = env.rv if self.role is Role.EDGE else env.seq
-        name = "rv" if self.role is Role.EDGE else "seq"
-        if cursor is None:
-            raise RemoteProtocolError(f"{env.op.value} without {name!r}")
-        if env.res is None:
-            raise RemoteProtocolError(f"{env.op.value} without 'res'")
-        if cursor <= self._last_received_cursor:
-            raise RemoteProtocolError(
-                f"{env.op.value} {name}={cursor} does not follow {self._last_received_cursor}"
-            )
+        field = self._stream.receive_cursor
+        cursor: int | None = env.rv if field == "rv" else env.seq
+        last = self._last_received_cursor
+        rule = check_receive(cursor, env.res is not None, last)
+        if rule is not RECEIVE_OK:
+            raise _violation(rule, op=env.op.value, field=field, cursor=cursor, last=last)
+        assert cursor is not None  # RECEIVE_NO_CURSOR closed the session otherwise
         self._last_received_cursor = cursor
         self._events.append(MessageReceived(envelope=env))
 
     def _on_ack(self, env: Envelope) -> None:
-        cursor = env.rv if self.role is Role.CLOUD else env.seq
-        if cursor is None:
-            raise RemoteProtocolError("ack without a cursor")
-        if cursor > self._last_sent:
-            raise RemoteProtocolError(f"ack of {cursor}, beyond the last sent {self._last_sent}")
-        if cursor <= self._last_acked_by_peer:
+        cursor: int | None = env.rv if self._stream.send_cursor == "rv" else env.seq
+        last = self._last_sent
+        rule = check_peer_ack(cursor, last, self._last_acked_by_peer)
+        if rule is not PEER_ACK_OK:
+            if rule.outcome is not Outcome.IGNORE:
+                raise _violation(rule, cursor=cursor, last=last)
             return  # duplicate or stale ack: harmless
+        assert cursor is not None
         self._last_acked_by_peer = cursor
         while self._in_flight and self._in_flight[0] <= cursor:
             self._in_flight.popleft()
@@ -420,6 +437,15 @@ class Session:
 
 
 MAX_REASON_CHARS = 512
+
+
+def _violation(rule: Rule, **values: Any) -> ProtocolError:
+    """The exception for a REFUSE (our bug) or CLOSE (the peer's violation) verdict."""
+    if rule.outcome is Outcome.CLOSE:
+        return RemoteProtocolError(rule.explain(**values))
+    if rule.outcome is Outcome.REFUSE:
+        return LocalProtocolError(rule.explain(**values))
+    return LocalProtocolError(f"{rule.action}: verdict {rule.outcome.value!r} not handled here")
 
 
 def _clip(reason: str) -> str:
