@@ -7,7 +7,8 @@ the peer caused it, a LocalProtocolError if our own code did).
 The window and cursor rules (what may be sent given the window, cumulative
 acks, strictly increasing cursors, duplicates) are `Rule` rows checked by
 small pure functions below, in the order the rows are listed; `Session`
-only applies the verdict.
+only applies the verdict. docs/protocol.md §5.1 is drawn from these tables
+(shared/protocol/statedoc.py), and a test fails when it drifts.
 """
 
 from __future__ import annotations
@@ -54,6 +55,12 @@ TRIGGER_TEXT: dict[Trigger, str] = {
 
 INITIAL: dict[Role, State] = {Role.CLOUD: State.AWAIT_HELLO, Role.EDGE: State.HELLO_SENT}
 
+ROLE_STATES: dict[Role, tuple[State, ...]] = {
+    Role.CLOUD: (State.AWAIT_HELLO, State.HELLO_RECEIVED, State.OPEN, State.CLOSED),
+    Role.EDGE: (State.HELLO_SENT, State.OPEN, State.CLOSED),
+}
+"""The states each role can be in."""
+
 TRANSITIONS: dict[tuple[Role, State, Trigger], State] = {
     (Role.CLOUD, State.AWAIT_HELLO, Trigger.RECV_HELLO): State.HELLO_RECEIVED,
     (Role.CLOUD, State.HELLO_RECEIVED, Trigger.ACCEPT): State.OPEN,
@@ -62,7 +69,7 @@ TRANSITIONS: dict[tuple[Role, State, Trigger], State] = {
     **{
         (role, state, Trigger.CLOSE): State.CLOSED
         for role in Role
-        for state in State
+        for state in ROLE_STATES[role]
         if state is not State.CLOSED
     },
 }
@@ -289,3 +296,9 @@ def check_local_ack(state: State, cursor: int, last_received: int, last_acked: i
 def check_move_send_cursor(in_flight: int) -> Rule:
     """The verdict on resetting where the outgoing stream resumes (MOVE_* rows)."""
     return MOVE_IN_FLIGHT if in_flight else MOVE_OK
+
+
+if __name__ == "__main__":  # python -m shared.protocol.states: same as shared.protocol.statedoc
+    from shared.protocol.statedoc import main
+
+    main()

@@ -22,6 +22,7 @@ from shared.protocol.states import (
     RECEIVE_NO_RES,
     RECEIVE_NOT_AFTER,
     RECEIVE_OK,
+    ROLE_STATES,
     RULES,
     SEND_NOT_AFTER,
     SEND_NOT_OPEN,
@@ -247,7 +248,8 @@ def _reachable(role: Role) -> set[State]:
     ],
 )
 def test_each_role_reaches_exactly_its_states(role: Role, states: set[State]) -> None:
-    assert _reachable(role) == states
+    assert _reachable(role) == states == set(ROLE_STATES[role])
+    assert {s for (r, s, _) in TRANSITIONS if r is role} == states - {CLOSED}
     # What may be received is declared for every live state a role can be in, and only those.
     assert {s for (r, s) in RECEIVABLE if r is role} == states - {CLOSED}
 
