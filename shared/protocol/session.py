@@ -18,8 +18,9 @@ module keeps the counters and applies each verdict.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from typing import Any, Literal, TypeGuard
 
 from shared.errors import LocalProtocolError, ProtocolError, RemoteProtocolError, UnsupportedVersion
 from shared.ids import IdSource, UlidSource
@@ -57,6 +58,13 @@ from shared.protocol.states import (
     check_send,
     send_capacity,
 )
+
+TraceDirection = Literal["send", "recv", "event"]
+TraceHook = Callable[[TraceDirection, Envelope | Event], None]
+"""Called with ("send", envelope) for each message queued for the peer, ("recv", envelope)
+for each frame from the peer that decoded (before it is checked), and ("event", event) for
+each event as `events_received()` hands it over. It must not raise and must not call back
+into the session; drivers use it to log at DEBUG (the session itself logs nothing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +104,14 @@ class Session:
         wall_ms: int,
         *,
         ids: IdSource | None = None,
+        trace: TraceHook | None = None,
     ) -> None:
         """`ids` makes each outgoing message's id from its wall time (default: a `UlidSource`
-        of this session's own); pass a seeded one to make every frame reproducible."""
+        of this session's own); pass a seeded one to make every frame reproducible.
+        `trace` (also settable later as `.trace`) sees every message and event; None, the
+        default, costs one comparison per frame."""
         self.role = role
+        self.trace = trace
         self.config = config
         self._stream = STREAMS[role]
         self.state = INITIAL[role]
@@ -247,6 +259,8 @@ class Session:
         self._last_received = now
         try:
             env = codec.decode(frame, self.config.limits)
+            if self.trace is not None:
+                self.trace("recv", env)
             self._dispatch(env, now)
         except RemoteProtocolError as exc:
             self.close(exc.code, str(exc), now, error=exc)
@@ -398,6 +412,9 @@ class Session:
     def events_received(self) -> list[Event]:
         """Events since the last call, in order. Clears the buffer."""
         events, self._events = self._events, []
+        if self.trace is not None:
+            for event in events:
+                self.trace("event", event)
         return events
 
     # ---------------------------------------------------------------- internals
@@ -433,6 +450,8 @@ class Session:
         msg_id = self._new_id(wall)
         env = Envelope(op=op, id=msg_id, ts=wall, res=res, rv=rv, seq=seq, parent=parent, body=body)
         self._out.append(codec.encode(env, self.config.limits))
+        if self.trace is not None:
+            self.trace("send", env)
         return msg_id
 
 
