@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeGuard
 
 from shared.errors import LocalProtocolError, ProtocolError, RemoteProtocolError, UnsupportedVersion
-from shared.ids import IdSource, UlidSource
+from shared.ids import IdSource, ulid_source
 from shared.protocol import codec
 from shared.protocol.events import (
     AckReceived,
@@ -106,7 +106,7 @@ class Session:
         ids: IdSource | None = None,
         trace: TraceHook | None = None,
     ) -> None:
-        """`ids` makes each outgoing message's id from its wall time (default: a `UlidSource`
+        """`ids` makes each outgoing message's id from its wall time (default: a `ulid_source`
         of this session's own); pass a seeded one to make every frame reproducible.
         `trace` (also settable later as `.trace`) sees every message and event; None, the
         default, costs one comparison per frame."""
@@ -120,7 +120,7 @@ class Session:
         self.rtt: float | None = None
         """Round-trip time of the latest answered ping, seconds."""
         self._wall_offset_ms = wall_ms - int(now * 1000)
-        self._new_id: IdSource = ids if ids is not None else UlidSource()
+        self._new_id: IdSource = ids if ids is not None else ulid_source()
         self._out: list[bytes] = []
         self._events: list[Event] = []
         self._started = now

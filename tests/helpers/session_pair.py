@@ -111,7 +111,7 @@ def make_pair(
     edge_ids: IdSource | None = None,
     cloud_ids: IdSource | None = None,
 ) -> Pair:
-    """Two fresh sessions; `*_ids` default to each session's own `UlidSource`."""
+    """Two fresh sessions; `*_ids` default to each session's own `ulid_source`."""
     clock = clock or FakeClock()
     now, wall = clock.monotonic(), clock.time_ms()
     edge = Session(Role.EDGE, edge_config or SessionConfig(), now, wall, ids=edge_ids)

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from shared.clock import FakeClock
-from shared.ids import CounterIds, IdSource, UlidSource, new_ulid
+from shared.ids import CounterIds, IdSource, new_ulid, ulid_source
 from shared.protocol import codec
 from shared.protocol.messages import Op
 from shared.protocol.session import Session, SessionConfig
@@ -71,15 +71,15 @@ def whole_exchange(edge_ids: IdSource | None, cloud_ids: IdSource | None) -> lis
 
 
 def test_seeded_id_sources_make_every_frame_of_an_exchange_reproducible() -> None:
-    first = whole_exchange(UlidSource(random.Random(1)), UlidSource(random.Random(2)))
-    second = whole_exchange(UlidSource(random.Random(1)), UlidSource(random.Random(2)))
+    first = whole_exchange(ulid_source(random.Random(1)), ulid_source(random.Random(2)))
+    second = whole_exchange(ulid_source(random.Random(1)), ulid_source(random.Random(2)))
     assert len(first) >= 14
     assert first == second
     ops = [codec.decode(frame).op for frame in first]
     assert ops[:2] == [Op.HELLO, Op.WELCOME] and ops[-1] is Op.ERROR
     assert {Op.APPLY, Op.REPORT, Op.ACK, Op.PING, Op.PONG} <= set(ops)
     # The ids really come from the sources: another seed changes them and nothing else.
-    other = whole_exchange(UlidSource(random.Random(3)), UlidSource(random.Random(2)))
+    other = whole_exchange(ulid_source(random.Random(3)), ulid_source(random.Random(2)))
     assert other != first
     for mine, theirs in zip(first, other, strict=True):
         a, b = codec.decode(mine), codec.decode(theirs)
@@ -143,7 +143,7 @@ def test_default_sources_share_no_state_with_the_global_random() -> None:
 
 
 def test_two_default_sessions_do_not_repeat_each_others_ids() -> None:
-    a, b = UlidSource(), UlidSource()
+    a, b = ulid_source(), ulid_source()
     assert {a(1_700_000_000_000) for _ in range(500)}.isdisjoint(
         {b(1_700_000_000_000) for _ in range(500)}
     )
@@ -154,7 +154,7 @@ def test_ulid_source_and_new_ulid_agree_on_the_format() -> None:
     random.seed(99)
     expected = new_ulid(1_700_000_000_123)
     random.setstate(state)
-    assert UlidSource(random.Random(99))(1_700_000_000_123) == expected
+    assert ulid_source(random.Random(99))(1_700_000_000_123) == expected
     assert ULID.match(expected) and _crockford_time_ms(expected) == 1_700_000_000_123
 
 
