@@ -163,7 +163,7 @@ SEND_NOT_AFTER = Rule(
 SEND_OK = Rule("send", "otherwise: sent, and in flight until acked", _P)
 
 RECEIVE_NO_CURSOR = Rule(
-    "receive reliable", "no cursor in this direction's field", _C, "{op} without {field!r}"
+    "receive reliable", "no cursor in this direction's field", _C, "{op} without '{field}'"
 )
 RECEIVE_NO_RES = Rule("receive reliable", "no `res`", _C, "{op} without 'res'")
 RECEIVE_NOT_AFTER = Rule(

@@ -122,7 +122,7 @@ def test_a_close_wakes_a_blocked_receiver_and_a_blocked_sender() -> None:
         await link.cloud.close(1000, "")
         with pytest.raises(PeerClosed):
             await receiver
-        with pytest.raises(PeerClosed, match="code 1000$"):
+        with pytest.raises(PeerClosed, match=r"code 1000$"):
             await sender
 
     run(main())
