@@ -7,17 +7,39 @@ Two tasks per connection:
   arrived, persist cursors, pump what is due) and sleeps until woken or
   until the session's next deadline (pings, liveness).
 cloudcore's NodeSession and edgecore's link connection are the two subclasses.
+
+With the `shared.driver` logger at DEBUG when a driver is made, it sets the
+session's trace hook and logs every message in and out and every event,
+tagged with a per-connection id (`conn_id`). Bodies are left out (task
+bodies carry env values) and peer-chosen text is repr-escaped; at any other
+level the hook stays None and costs nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 
 from shared.aio import run_together
 from shared.clock import Clock
 from shared.errors import LinkError
-from shared.protocol.session import Session
+from shared.protocol.events import (
+    AckReceived,
+    ErrorReceived,
+    Event,
+    HelloReceived,
+    MessageReceived,
+    SessionClosed,
+    WelcomeReceived,
+)
+from shared.protocol.messages import Envelope, Op
+from shared.protocol.session import Session, TraceDirection
 from shared.transport import Channel
+
+log = logging.getLogger(__name__)
+
+_connection_numbers = itertools.count(1)
 
 
 class SessionDriver:
@@ -26,7 +48,11 @@ class SessionDriver:
         self.channel = channel
         self.clock = clock
         self.name = name
+        self.conn_id = f"{name}#{next(_connection_numbers)}"
+        """Tags this connection's DEBUG trace lines (unique within the process)."""
         self._wake = asyncio.Event()
+        if session.trace is None and log.isEnabledFor(logging.DEBUG):
+            session.trace = self._trace
 
     # ------------------------------------------------------------ for subclasses
 
@@ -110,6 +136,41 @@ class SessionDriver:
             await self.flush()
         except LinkError:
             pass
+
+    def _trace(self, direction: TraceDirection, item: Envelope | Event) -> None:
+        log.debug("%s %s %s", self.conn_id, direction, describe(item))
+
+
+def describe(item: Envelope | Event) -> str:
+    """One log-safe line for a traced message or event: no bodies, peer text escaped."""
+    if isinstance(item, Envelope):
+        parts = [item.op.value, f"id={item.id!r}"]
+        if item.parent is not None:
+            parts.append(f"parent={item.parent!r}")
+        if item.res is not None:
+            parts.append(f"res={item.res}")  # the codec allows only [A-Za-z0-9._-/]
+        if item.rv is not None:
+            parts.append(f"rv={item.rv}")
+        if item.seq is not None:
+            parts.append(f"seq={item.seq}")
+        if item.op is Op.ERROR and item.body is not None:
+            parts.append(f"code={str(item.body.get('code'))[:64]!r}")
+            parts.append(f"fatal={item.body.get('fatal') is True}")
+        return " ".join(parts)
+    name = type(item).__name__
+    if isinstance(item, MessageReceived):
+        return f"{name} {item.envelope.op.value} res={item.envelope.res} cursor={item.cursor}"
+    if isinstance(item, AckReceived):
+        return f"{name} cursor={item.cursor}"
+    if isinstance(item, HelloReceived):
+        return f"{name} version={item.version} applied_rv={item.applied_rv}"
+    if isinstance(item, WelcomeReceived):
+        return (
+            f"{name} version={item.version} received_seq={item.received_seq} resync={item.resync}"
+        )
+    if isinstance(item, (ErrorReceived, SessionClosed)):
+        return f"{name} code={item.code!r} reason={item.reason!r}"
+    return name
 
 
 async def _wait_for(task: asyncio.Task[None]) -> None:

@@ -12,16 +12,19 @@ hello/welcome, and acked cumulatively. Within a connection the session
 enforces ordering (a cursor at or below the last one received is a resend:
 skipped, and acked again once durable), a send window (at most `window`
 unacked reliable messages in flight) and liveness (ping/pong).
+The ordering and window rules themselves are rows in states.py; this
+module keeps the counters and applies each verdict.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from typing import Any, Literal, TypeGuard
 
 from shared.errors import LocalProtocolError, ProtocolError, RemoteProtocolError, UnsupportedVersion
-from shared.ids import new_ulid
+from shared.ids import IdSource, ulid_source
 from shared.protocol import codec
 from shared.protocol.events import (
     AckReceived,
@@ -33,14 +36,37 @@ from shared.protocol.events import (
     SessionClosed,
     WelcomeReceived,
 )
-from shared.protocol.messages import (
-    DOWNSTREAM_RELIABLE,
-    SUPPORTED_VERSIONS,
-    UPSTREAM_RELIABLE,
-    Envelope,
-    Op,
+from shared.protocol.messages import SUPPORTED_VERSIONS, Envelope, Op
+from shared.protocol.states import (
+    INITIAL,
+    LOCAL_ACK_OK,
+    MOVE_OK,
+    PEER_ACK_OK,
+    RECEIVABLE,
+    RECEIVE_OK,
+    RECEIVE_RESEND,
+    SEND_OK,
+    STREAMS,
+    TRANSITIONS,
+    Outcome,
+    Role,
+    Rule,
+    State,
+    Trigger,
+    check_local_ack,
+    check_move_send_cursor,
+    check_peer_ack,
+    check_receive,
+    check_send,
+    send_capacity,
 )
-from shared.protocol.states import INITIAL, RECEIVABLE, TRANSITIONS, Role, State, Trigger
+
+TraceDirection = Literal["send", "recv", "event"]
+TraceHook = Callable[[TraceDirection, Envelope | Event], None]
+"""Called with ("send", envelope) for each message queued for the peer, ("recv", envelope)
+for each frame from the peer that decoded (before it is checked), and ("event", event) for
+each event as `events_received()` hands it over. It must not raise and must not call back
+into the session; drivers use it to log at DEBUG (the session itself logs nothing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,15 +98,31 @@ class Session:
     Misuse by the local application raises LocalProtocolError.
     """
 
-    def __init__(self, role: Role, config: SessionConfig, now: float, wall_ms: int) -> None:
+    def __init__(
+        self,
+        role: Role,
+        config: SessionConfig,
+        now: float,
+        wall_ms: int,
+        *,
+        ids: IdSource | None = None,
+        trace: TraceHook | None = None,
+    ) -> None:
+        """`ids` makes each outgoing message's id from its wall time (default: a `ulid_source`
+        of this session's own); pass a seeded one to make every frame reproducible.
+        `trace` (also settable later as `.trace`) sees every message and event; None, the
+        default, costs one comparison per frame."""
         self.role = role
+        self.trace = trace
         self.config = config
+        self._stream = STREAMS[role]
         self.state = INITIAL[role]
         self.version: int | None = None
         self.close_error: ProtocolError | None = None
         self.rtt: float | None = None
         """Round-trip time of the latest answered ping, seconds."""
         self._wall_offset_ms = wall_ms - int(now * 1000)
+        self._new_id: IdSource = ids if ids is not None else ulid_source()
         self._out: list[bytes] = []
         self._events: list[Event] = []
         self._started = now
@@ -129,9 +171,7 @@ class Session:
 
     def send_capacity(self) -> int:
         """How many more reliable messages `send` accepts before acks arrive."""
-        if self.state is not State.OPEN:
-            return 0
-        return self.config.window - len(self._in_flight)
+        return send_capacity(self.state, self.config.window, len(self._in_flight))
 
     @property
     def last_sent(self) -> int:
@@ -140,8 +180,9 @@ class Session:
 
     def start_sending_after(self, cursor: int) -> None:
         """Set where this session's outgoing stream resumes (the peer's announced cursor)."""
-        if self._in_flight:
-            raise LocalProtocolError("cannot move the send cursor with messages in flight")
+        rule = check_move_send_cursor(len(self._in_flight))
+        if rule is not MOVE_OK:
+            raise _violation(rule)
         self._last_sent = self._last_acked_by_peer = cursor
 
     def send(
@@ -158,16 +199,20 @@ class Session:
         full, the op is not reliable for this side, or `cursor` does not
         strictly increase.
         """
-        allowed = DOWNSTREAM_RELIABLE if self.role is Role.CLOUD else UPSTREAM_RELIABLE
-        if op not in allowed:
-            raise LocalProtocolError(f"{self.role.value} cannot send {op.value} reliably")
-        if self.state is not State.OPEN:
-            raise LocalProtocolError(f"cannot send {op.value}: session is {self.state.value}")
-        if len(self._in_flight) >= self.config.window:
-            raise LocalProtocolError("send window is full; wait for AckReceived")
-        if cursor <= self._last_sent:
-            raise LocalProtocolError(f"cursor {cursor} does not follow {self._last_sent}")
-        if self.role is Role.CLOUD:
+        last = self._last_sent
+        rule = check_send(
+            self.role, self.state, op, cursor, last, len(self._in_flight), self.config.window
+        )
+        if rule is not SEND_OK:
+            raise _violation(
+                rule,
+                role=self.role.value,
+                op=op.value,
+                state=self.state.value,
+                cursor=cursor,
+                last=last,
+            )
+        if self._stream.send_cursor == "rv":
             msg_id = self._emit(op, now, res=res, rv=cursor, body=body)
         else:
             msg_id = self._emit(op, now, res=res, seq=cursor, body=body)
@@ -177,16 +222,14 @@ class Session:
 
     def ack(self, cursor: int, now: float) -> None:
         """Acknowledge every received reliable message up to `cursor` (after applying them)."""
-        if self.state is not State.OPEN:
-            return
-        if cursor > self._last_received_cursor:
-            raise LocalProtocolError(
-                f"cannot ack {cursor}: only received up to {self._last_received_cursor}"
-            )
-        if cursor <= self._last_acked_by_us:
+        last = self._last_received_cursor
+        rule = check_local_ack(self.state, cursor, last, self._last_acked_by_us)
+        if rule is not LOCAL_ACK_OK:
+            if rule.outcome is not Outcome.IGNORE:
+                raise _violation(rule, cursor=cursor, last=last)
             return
         self._last_acked_by_us = cursor
-        if self.role is Role.EDGE:
+        if self._stream.receive_cursor == "rv":
             self._emit(Op.ACK, now, rv=cursor)
         else:
             self._emit(Op.ACK, now, seq=cursor)
@@ -220,6 +263,8 @@ class Session:
         self._last_received = now
         try:
             env = codec.decode(frame, self.config.limits)
+            if self.trace is not None:
+                self.trace("recv", env)
             self._dispatch(env, now)
         except RemoteProtocolError as exc:
             self.close(exc.code, str(exc), now, error=exc)
@@ -297,36 +342,38 @@ class Session:
         )
 
     def _on_reliable(self, env: Envelope, now: float) -> None:
-        cursor = env.rv if self.role is Role.EDGE else env.seq
-        name = "rv" if self.role is Role.EDGE else "seq"
-        if cursor is None:
-            raise RemoteProtocolError(f"{env.op.value} without {name!r}")
-        if env.res is None:
-            raise RemoteProtocolError(f"{env.op.value} without 'res'")
-        if cursor <= self._last_received_cursor:
-            # A resend of something already received (docs/protocol.md §6.2, §6.4):
-            # skipped, never applied twice. If it is already durable (at or below our
-            # last ack, or the cursor announced at the handshake) it is acked again, by
-            # its own cursor, which the sender has sent and so may be acked; otherwise
-            # the ack that follows the pending commit covers it.
+        field = self._stream.receive_cursor
+        cursor: int | None = env.rv if field == "rv" else env.seq
+        last = self._last_received_cursor
+        rule = check_receive(cursor, env.res is not None, last)
+        if rule is RECEIVE_RESEND:
+            # Skipped, never applied twice (docs/protocol.md §6.2, §6.4). If it is already
+            # durable (at or below our last ack, or the cursor announced at the handshake)
+            # it is acked again, by its own cursor, which the sender has sent and so may be
+            # acked; otherwise the ack that follows the pending commit covers it.
+            assert cursor is not None
             self.duplicates_skipped += 1
             if 0 < cursor <= self._last_acked_by_us:
-                if self.role is Role.EDGE:
+                if field == "rv":
                     self._emit(Op.ACK, now, rv=cursor)
                 else:
                     self._emit(Op.ACK, now, seq=cursor)
             return
+        if rule is not RECEIVE_OK:
+            raise _violation(rule, op=env.op.value, field=field, cursor=cursor, last=last)
+        assert cursor is not None  # RECEIVE_NO_CURSOR closed the session otherwise
         self._last_received_cursor = cursor
         self._events.append(MessageReceived(envelope=env))
 
     def _on_ack(self, env: Envelope) -> None:
-        cursor = env.rv if self.role is Role.CLOUD else env.seq
-        if cursor is None:
-            raise RemoteProtocolError("ack without a cursor")
-        if cursor > self._last_sent:
-            raise RemoteProtocolError(f"ack of {cursor}, beyond the last sent {self._last_sent}")
-        if cursor <= self._last_acked_by_peer:
+        cursor: int | None = env.rv if self._stream.send_cursor == "rv" else env.seq
+        last = self._last_sent
+        rule = check_peer_ack(cursor, last, self._last_acked_by_peer)
+        if rule is not PEER_ACK_OK:
+            if rule.outcome is not Outcome.IGNORE:
+                raise _violation(rule, cursor=cursor, last=last)
             return  # duplicate or stale ack: harmless
+        assert cursor is not None
         self._last_acked_by_peer = cursor
         while self._in_flight and self._in_flight[0] <= cursor:
             self._in_flight.popleft()
@@ -382,6 +429,9 @@ class Session:
     def events_received(self) -> list[Event]:
         """Events since the last call, in order. Clears the buffer."""
         events, self._events = self._events, []
+        if self.trace is not None:
+            for event in events:
+                self.trace("event", event)
         return events
 
     # ---------------------------------------------------------------- internals
@@ -414,13 +464,24 @@ class Session:
         body: dict[str, Any] | None = None,
     ) -> str:
         wall = int(now * 1000) + self._wall_offset_ms
-        msg_id = new_ulid(wall)
+        msg_id = self._new_id(wall)
         env = Envelope(op=op, id=msg_id, ts=wall, res=res, rv=rv, seq=seq, parent=parent, body=body)
         self._out.append(codec.encode(env, self.config.limits))
+        if self.trace is not None:
+            self.trace("send", env)
         return msg_id
 
 
 MAX_REASON_CHARS = 512
+
+
+def _violation(rule: Rule, **values: Any) -> ProtocolError:
+    """The exception for a REFUSE (our bug) or CLOSE (the peer's violation) verdict."""
+    if rule.outcome is Outcome.CLOSE:
+        return RemoteProtocolError(rule.explain(**values))
+    if rule.outcome is Outcome.REFUSE:
+        return LocalProtocolError(rule.explain(**values))
+    return LocalProtocolError(f"{rule.action}: verdict {rule.outcome.value!r} not handled here")
 
 
 def _clip(reason: str) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from shared.clock import FakeClock
+from shared.ids import IdSource
 from shared.protocol import codec
 from shared.protocol.events import Event, HelloReceived, WelcomeReceived
 from shared.protocol.messages import Envelope, Op
@@ -106,11 +107,15 @@ def make_pair(
     edge_config: SessionConfig | None = None,
     cloud_config: SessionConfig | None = None,
     clock: FakeClock | None = None,
+    *,
+    edge_ids: IdSource | None = None,
+    cloud_ids: IdSource | None = None,
 ) -> Pair:
+    """Two fresh sessions; `*_ids` default to each session's own `ulid_source`."""
     clock = clock or FakeClock()
     now, wall = clock.monotonic(), clock.time_ms()
-    edge = Session(Role.EDGE, edge_config or SessionConfig(), now, wall)
-    cloud = Session(Role.CLOUD, cloud_config or SessionConfig(), now, wall)
+    edge = Session(Role.EDGE, edge_config or SessionConfig(), now, wall, ids=edge_ids)
+    cloud = Session(Role.CLOUD, cloud_config or SessionConfig(), now, wall, ids=cloud_ids)
     return Pair(clock=clock, edge=edge, cloud=cloud)
 
 
@@ -120,9 +125,12 @@ def open_pair(
     edge_config: SessionConfig | None = None,
     cloud_config: SessionConfig | None = None,
     clock: FakeClock | None = None,
+    *,
+    edge_ids: IdSource | None = None,
+    cloud_ids: IdSource | None = None,
 ) -> Pair:
     """A pair that completed the handshake; handshake events are drained and checked."""
-    pair = make_pair(edge_config, cloud_config, clock)
+    pair = make_pair(edge_config, cloud_config, clock, edge_ids=edge_ids, cloud_ids=cloud_ids)
     pair.edge.send_hello(applied_rv, {"node": "edge-1"}, pair.now)
     pair.edge_to_cloud()
     hellos = of_type(pair.cloud.events_received(), HelloReceived)
