@@ -91,7 +91,8 @@ class UpstreamRegistry:
             self.register(handler)
 
     def register(self, handler: UpstreamHandler[Any]) -> None:
-        """Add the handler of a new kind. LocalProtocolError if the kind has one already:
+        """Add the handler of a new kind, before the hub starts (the registry is read on
+        the DB thread without a lock). LocalProtocolError if the kind has one already:
         two handlers for one kind would make the route ambiguous (a bug)."""
         if handler.kind in self._handlers:
             raise LocalProtocolError(
