@@ -5,7 +5,7 @@ scripts inside this package (installed as package data), and `env.py` takes
 the connection from the config's attributes, so the migration runs in the
 store's transaction (on SQLite in batch mode).
 
-Adding a schema change: edit `metadata` in cloudcore/store.py, then add a
+Adding a schema change: edit `metadata` in cloudcore/store/schema.py, then add a
 revision under `versions/` (copy `script.py.mako`, or run Alembic against a
 scratch database: `alembic -x url=sqlite:///scratch.db revision --autogenerate`
 with `script_location = cloudcore:migrations` in a throwaway ini).

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from cloudcore.store import metadata
+from cloudcore.store.schema import metadata
 
 
 def _run(connection: Connection) -> None:

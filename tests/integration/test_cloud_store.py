@@ -6,6 +6,7 @@ starts from an empty schema, which `create_schema` migrates to the head revision
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,17 +14,26 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
+from sqlalchemy.engine import Connection
 
+from cloudcore import migrations
 from cloudcore.store import (
     LIVE,
     CloudStore,
     Placement,
     SessionStart,
+    UpstreamContext,
+    UpstreamHandler,
+    UpstreamOutcome,
     assignments,
     counters,
     desired,
+    heartbeat_history,
+    nodes,
+    results,
 )
-from shared.errors import JoinError, NotFound
+from shared.errors import ConfigError, Forbidden, JoinError, LocalProtocolError, NotFound
 from shared.protocol.messages import Envelope, Op
 from tests.integration.conftest import empty_pg_schema
 
@@ -32,13 +42,18 @@ HISTORY = 20
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CloudStore]:
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each dialect."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'cloud.db'}"
-    else:
-        url = request.getfixturevalue("pg_database")
-        empty_pg_schema(url)  # every test starts from an empty schema
-    cloud_store = CloudStore(url)
+        return f"sqlite:///{tmp_path / 'cloud.db'}"
+    url: str = request.getfixturevalue("pg_database")
+    empty_pg_schema(url)  # every test starts from an empty schema
+    return url
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[CloudStore]:
+    cloud_store = CloudStore(db_url)
     cloud_store.create_schema()
     try:
         yield cloud_store
@@ -536,3 +551,217 @@ def test_an_epoch_never_issued_is_forbidden(placed: CloudStore) -> None:
     [outcome] = placed.record_upstream("n1", [result(A, 1, epoch=99)], NOW, HISTORY)
     assert outcome.verdict == "forbidden" and "never issued" in outcome.detail
     assert placed.results_for(A) == []
+
+
+# ---------------------------------------------------------------- upstream by kind
+
+
+def test_a_kind_without_a_handler_is_invalid_and_consumed(placed: CloudStore) -> None:
+    twin = Envelope(
+        op=Op.REPORT, id="t", ts=NOW, res="twin/default/cam", seq=1, body={"reported": {}}
+    )
+
+    outcomes = placed.record_upstream("n1", [twin, result(A, 2)], NOW, HISTORY)
+
+    assert [o.verdict for o in outcomes] == ["invalid", "applied"]
+    assert "kind 'twin'" in outcomes[0].detail and "task" in outcomes[0].detail
+    assert placed.get_node("n1")["received_seq"] == 2  # consumed: the outbox must not jam
+    assert [r["res"] for r in rows(placed, results)] == [A]
+
+
+def test_a_task_result_for_another_nodes_task_is_forbidden(placed: CloudStore) -> None:
+    """n1 sends a result for n2's task B, with the epoch B really has on n2."""
+    epoch = epoch_sent(placed, "n2", B)
+
+    [outcome] = placed.record_upstream("n1", [result(B, 1, epoch=epoch)], NOW, HISTORY)
+
+    assert outcome.verdict == "forbidden"
+    assert outcome.detail == f"{B} is not assigned to node n1"
+    assert placed.results_for(B) == []
+    b = assignment(placed, B, "n2")
+    assert (b["phase"], b["runs"], b["last_result"]) == ("scheduled", 0, None)
+    assert placed.get_node("n1")["received_seq"] == 1
+
+
+class DeviceProbe(UpstreamHandler[str]):
+    """A handler for a kind the cloud does not handle yet: a node writes only the devices
+    named after it (`device/NS/NODE-...`)."""
+
+    kind = "device"
+
+    def __init__(self) -> None:
+        self.applied: list[tuple[str, str, int]] = []
+
+    def authorize(self, conn: Connection, ctx: UpstreamContext, env: Envelope) -> str:
+        assert env.res is not None
+        device = env.res.rsplit("/", 1)[-1]
+        if not device.startswith(f"{ctx.node}-"):
+            raise Forbidden(f"{env.res} is not a device of node {ctx.node}")
+        return device
+
+    def apply(
+        self, conn: Connection, ctx: UpstreamContext, env: Envelope, grant: str
+    ) -> UpstreamOutcome:
+        # Inside the batch's transaction: it sees the batch's earlier writes.
+        seq = conn.execute(sa.select(nodes.c.received_seq).where(nodes.c.name == ctx.node))
+        self.applied.append((ctx.node, grant, int(seq.scalar_one())))
+        return UpstreamOutcome(env, "applied")
+
+
+def test_a_handler_added_for_a_new_kind_gets_its_messages(placed: CloudStore, db_url: str) -> None:
+    probe = DeviceProbe()
+    placed.upstream.register(probe)
+
+    def device(name: str, seq: int) -> Envelope:
+        return Envelope(op=Op.REPORT, id=f"d{seq}", ts=NOW, res=f"device/default/{name}", seq=seq)
+
+    batch = [device("n1-cam", 1), result(A, 2), device("n2-cam", 3), device("n1-door", 4)]
+    outcomes = placed.record_upstream("n1", batch, NOW, HISTORY)
+
+    assert [o.verdict for o in outcomes] == ["applied", "applied", "forbidden", "applied"]
+    assert outcomes[2].detail == "device/default/n2-cam is not a device of node n1"
+    assert probe.applied == [("n1", "n1-cam", 0), ("n1", "n1-door", 0)]
+    assert placed.results_for(A)[0]["seq"] == 2  # task messages still go to TaskRuns
+    assert placed.upstream.kinds == ["device", "task"]
+    with pytest.raises(LocalProtocolError, match="'device' already has a handler"):
+        placed.upstream.register(DeviceProbe())
+    # The registry belongs to the store object: another store on the same database
+    # (another test, another replica) still refuses the kind.
+    other = CloudStore(db_url)
+    try:
+        [refused] = other.record_upstream("n1", [device("n1-cam", 5)], NOW, HISTORY)
+    finally:
+        other.close()
+    assert refused.verdict == "invalid"
+
+
+# ---------------------------------------------------------------- heartbeat history
+
+
+def test_heartbeat_history_keeps_the_last_n_in_order(db_url: str) -> None:
+    store = CloudStore(db_url, heartbeat_history=4)
+    try:
+        store.create_schema()
+        for name in ("n1", "n2", "n3"):
+            store.register_node(name, NOW)
+        for i in range(1, 11):
+            beats = {"n1": {"cpu": i / 100}}
+            if i <= 2:
+                beats["n2"] = {"cpu": 0.5 + i / 100}
+            store.record_progress({}, beats, NOW + i * 1000)
+
+        recent = store.recent_heartbeats("n1")
+        assert [h.seq for h in recent] == [7, 8, 9, 10]  # oldest first, the newest 4
+        assert [h.body["cpu"] for h in recent] == [0.07, 0.08, 0.09, 0.10]
+        assert [h.received_ms for h in recent] == [NOW + i * 1000 for i in range(7, 11)]
+        assert [h.seq for h in store.recent_heartbeats("n1", limit=2)] == [9, 10]
+        assert [h.seq for h in store.recent_heartbeats("n1", limit=99)] == [7, 8, 9, 10]
+        assert [h.body["cpu"] for h in store.recent_heartbeats("n2")] == [0.51, 0.52]
+        assert store.recent_heartbeats("n3") == [] and store.recent_heartbeats("ghost") == []
+        # The bound is on the table, not only on the read.
+        assert len(rows(store, heartbeat_history, heartbeat_history.c.node == "n1")) == 4
+        node = store.get_node("n1")
+        assert (node["heartbeat"], node["heartbeat_seq"]) == ({"cpu": 0.1}, 10)
+
+        store.delete_node("n1")
+        assert rows(store, heartbeat_history, heartbeat_history.c.node == "n1") == []
+        assert len(rows(store, heartbeat_history)) == 2
+    finally:
+        store.close()
+
+
+def test_heartbeat_history_must_keep_at_least_one(db_url: str) -> None:
+    with pytest.raises(ConfigError, match="heartbeat_history must be at least 1"):
+        CloudStore(db_url, heartbeat_history=0)
+
+
+def add_nodes(store: CloudStore, count: int) -> list[str]:
+    """`count` registered nodes, written in one statement (register_node is a transaction each)."""
+    names = [f"node-{i:05d}" for i in range(count)]
+    base = dict(labels={}, reported_labels={}, capacity={}, heartbeat={}, joined_ms=NOW)
+    with store.engine.begin() as conn:
+        conn.execute(sa.insert(nodes), [{"name": n, **base} for n in names])
+    return names
+
+
+class SqlCounter:
+    """Counts the statements sent and the transactions committed through an engine."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self.statements: list[str] = []
+        self.commits = 0
+
+    def __enter__(self) -> SqlCounter:
+        sa.event.listen(self.engine, "before_cursor_execute", self._statement)
+        sa.event.listen(self.engine, "commit", self._commit)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sa.event.remove(self.engine, "before_cursor_execute", self._statement)
+        sa.event.remove(self.engine, "commit", self._commit)
+
+    def _statement(self, conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        self.statements.append(statement.split()[0].upper())
+
+    def _commit(self, conn: Any) -> None:
+        self.commits += 1
+
+
+def test_a_flush_of_1000_nodes_is_one_transaction_of_fixed_statements(db_url: str) -> None:
+    store = CloudStore(db_url, "NORMAL", heartbeat_history=2)
+    try:
+        store.create_schema()
+        names = add_nodes(store, 1000)
+        store.apply_placements([place(A, 1, *names)], NOW)
+        newest = {n: max(r.rv for r in store.desired_after(n, 0, 10)) for n in names[:3]}
+        counts: dict[int, tuple[list[str], int]] = {}
+        timings: list[float] = []
+        for flush, size in enumerate([10, 1000, 1000, 1000]):
+            acked = {n: newest.get(n, 1) for n in names[:size]}
+            beats = {n: {"cpu": flush / 10, "n": n} for n in names[:size]}
+            with SqlCounter(store.engine) as sql:
+                start = time.perf_counter()
+                store.record_progress(acked, beats, NOW + flush)
+                timings.append(time.perf_counter() - start)
+            counts[size] = (sql.statements, sql.commits)
+
+        # One transaction, and the same five statements for 10 nodes as for 1,000.
+        assert counts[10] == counts[1000]
+        statements, commits = counts[1000]
+        assert commits == 1
+        assert statements == ["UPDATE", "UPDATE", "DELETE", "UPDATE", "INSERT"]
+        # Three flushes of 1,000 with N = 2: the ring holds 2 per node, the newest two.
+        assert len(rows(store, heartbeat_history)) == 2000
+        assert [h.seq for h in store.recent_heartbeats(names[999])] == [2, 3]
+        assert [h.seq for h in store.recent_heartbeats(names[0])] == [3, 4]
+        assert store.get_node(names[0])["acked_rv"] == newest[names[0]]
+        print(f"record_progress of 1000 acks + heartbeats: {min(timings[1:]) * 1000:.1f} ms")
+    finally:
+        store.close()
+
+
+def test_heartbeat_history_after_an_upgrade_from_revision_0003(db_url: str) -> None:
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(migrations.alembic_config(conn), "0003")
+            conn.execute(
+                sa.text(
+                    "INSERT INTO nodes (name, state, reason, labels, reported_labels, capacity, "
+                    "heartbeat, software, acked_rv, received_seq, resync_pending, joined_ms, "
+                    "last_seen_ms, connected_ms, transport, peer) VALUES ('old', 'Ready', '', "
+                    "'{}', '{}', '{}', '{}', '', 0, 0, false, 1, 0, 0, '', '')"
+                )
+            )
+    finally:
+        engine.dispose()
+    store = CloudStore(db_url)
+    try:
+        store.create_schema()
+        assert store.get_node("old")["heartbeat_seq"] == 0
+        store.record_progress({}, {"old": {"cpu": 0.3}}, NOW)
+        [sample] = store.recent_heartbeats("old")
+        assert (sample.seq, sample.body) == (1, {"cpu": 0.3})
+    finally:
+        store.close()

@@ -18,6 +18,7 @@ PURE_MODULES = [
     "shared.pki",
     "shared.outbox",
     "shared.fencing",
+    "shared.resume",
 ]
 FORBIDDEN = ["asyncio", "websockets", "aioquic", "sqlalchemy", "paho", "aiohttp"]
 
