@@ -30,6 +30,11 @@ from shared.files import write_private
 
 log = logging.getLogger("cloudcore")
 
+ENVELOPE_ALLOWANCE = 4096
+"""Bytes of a desired-state frame that are not the task document (envelope, epoch, …)."""
+API_KEEPALIVE = 15.0
+"""Seconds an idle HTTPS connection to the API is kept (aiohttp's default is 75)."""
+
 
 class CloudCore:
     def __init__(self, config: CloudConfig, clock: Clock | None = None) -> None:
@@ -110,9 +115,19 @@ class CloudCore:
             quic_port=lambda: self.quic_port,
             insecure_no_auth=self.config.api.insecure_no_auth,
             refusals=self.refusals,
+            max_document_bytes=self.config.hub.max_frame_bytes - ENVELOPE_ALLOWANCE,
         )
         self.api_app = api.app()
-        runner = web.AppRunner(self.api_app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            self.api_app,
+            access_log=None,
+            handle_signals=False,
+            # A compressed body is refused (415, cloudcore/api/body.py), never inflated:
+            # 1 MiB of gzip is 1 GiB of zeros, inflated on the event loop.
+            auto_decompress=False,
+            keepalive_timeout=API_KEEPALIVE,
+            lingering_time=0,
+        )
         await runner.setup()
         api_ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         api_ssl.load_cert_chain(self.pki.server_cert_path, self.pki.server_key_path)

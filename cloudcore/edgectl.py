@@ -91,7 +91,13 @@ class Client:
             raise CtlConfigError(f"{config_path}: ca: not a usable certificate: {exc}") from None
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
+        try:
+            data = json.dumps(body).encode() if body is not None else None
+        except (TypeError, ValueError) as exc:  # YAML made a date or a set, say
+            raise CtlError(
+                f"cannot send this document: {exc}; quote dates and times in YAML "
+                "(release: '2026-01-01')"
+            ) from None
         req = urllib.request.Request(
             self.server + path,
             data=data,

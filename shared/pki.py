@@ -264,24 +264,12 @@ def create_csr(key: ec.EllipticCurvePrivateKey, node_name: str) -> bytes:
     return csr.public_bytes(serialization.Encoding.PEM)
 
 
-def sign_node_csr(
-    ca_key: ec.EllipticCurvePrivateKey,
-    ca_cert: x509.Certificate,
-    csr_pem: bytes,
-    expected_node: str,
-    now: datetime,
-    days: int = 365,
-) -> x509.Certificate:
-    """Issue a node's client certificate, trusting only the CSR's public key.
+def check_node_csr(csr_pem: bytes, expected_node: str) -> ec.EllipticCurvePublicKey:
+    """The CSR's public key if a node may be issued a certificate for it; JoinError if not.
 
-    The subject is rebuilt from `expected_node` (the name bound to the join
-    token): copying the CSR subject would let a joining node claim extra
-    organisations or another node's identity.
-    Raises JoinError for anything the joining node got wrong, ValueError if
-    `expected_node` is not a valid node name (a caller bug), and PKIError if the
-    CA itself is unusable.
+    The cloud runs this before it spends the join token, so a joining node that
+    sent a bad request (wrong key type, tampered, another CN) can try again.
     """
-    now = _utc(now)
     validate_node_name(expected_node)
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
@@ -304,6 +292,28 @@ def sign_node_csr(
         raise JoinError("the certificate request must have exactly one subject CN (the node name)")
     if cn != expected_node:
         raise JoinError(f"CSR subject CN {cn!r} does not match the token's node {expected_node!r}")
+    return public_key
+
+
+def sign_node_csr(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    csr_pem: bytes,
+    expected_node: str,
+    now: datetime,
+    days: int = 365,
+) -> x509.Certificate:
+    """Issue a node's client certificate, trusting only the CSR's public key.
+
+    The subject is rebuilt from `expected_node` (the name bound to the join
+    token): copying the CSR subject would let a joining node claim extra
+    organisations or another node's identity.
+    Raises JoinError for anything the joining node got wrong, ValueError if
+    `expected_node` is not a valid node name (a caller bug), and PKIError if the
+    CA itself is unusable.
+    """
+    now = _utc(now)
+    public_key = check_node_csr(csr_pem, expected_node)
     _check_ca(ca_key, ca_cert, now)
     not_before, not_after = _validity(now, days, ca_cert)
     return (

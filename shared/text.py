@@ -168,3 +168,37 @@ def _bound(value: Any, limits: ReportLimits, depth: int, notes: list[str], path:
         return out
     notes.append(f"{path}: {type(value).__name__} dropped")
     return None
+
+
+RUN_REPORT_FIELDS = {
+    "run_id": 64,
+    "phase": 16,
+    "error": 4096,
+    "stdout_tail": 65536,
+    "stderr_tail": 65536,
+}
+"""String fields of a run's report or result and the most characters kept of each."""
+RUN_REPORT_NUMBERS = (
+    "generation",
+    "epoch",
+    "started_ms",
+    "finished_ms",
+    "exit_code",
+    "duration_ms",
+)
+
+
+def bound_run_report(body: dict[str, Any]) -> dict[str, Any]:
+    """What the cloud keeps of a run report (docs/protocol.md §7): the declared fields, each
+    bounded; anything else a node sends is dropped, not stored and served."""
+    kept: dict[str, Any] = {}
+    for name, max_chars in RUN_REPORT_FIELDS.items():
+        value = body.get(name)
+        if isinstance(value, str):
+            kept[name] = value[:max_chars]
+    for name in RUN_REPORT_NUMBERS:
+        value = body.get(name)
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        if name in body and (value is None or is_int):
+            kept[name] = value
+    return kept

@@ -41,6 +41,8 @@ def load_untrusted_or_explain(text: str, *, max_depth: int = 32) -> tuple[bool, 
         return True, load_untrusted(text, max_depth=max_depth)
     except UntrustedYamlError as exc:
         return False, f"request body: {exc}"
+    except (ValueError, OverflowError) as exc:  # a scalar YAML cannot build: 2001-13-45
+        return False, f"request body: a value is not valid for its YAML type: {str(exc)[:200]}"
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

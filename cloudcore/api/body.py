@@ -99,6 +99,11 @@ async def _read_raw(request: web.Request, rules: BodyRules) -> tuple[bytes | Non
     if not (media in JSON_TYPES or media.endswith("+json") or (rules.yaml and is_yaml)):
         accepted = "application/json" + (" or application/yaml" if rules.yaml else "")
         raise BodyError(415, "unsupported_media_type", f"send {accepted}, not {media}")
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise BodyError(
+            415, "unsupported_media_type", f"send the body uncompressed, not {encoding[:40]}"
+        )
     limit = rules.max_yaml_bytes if is_yaml else rules.max_bytes
     declared = request.content_length
     if declared is not None and declared > limit:

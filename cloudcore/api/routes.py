@@ -111,6 +111,7 @@ class Api:
         quic_port: Callable[[], int | None],
         insecure_no_auth: bool,
         refusals: RefusalLog,
+        max_document_bytes: int,
     ) -> None:
         self.store = store
         self.db = db
@@ -127,6 +128,8 @@ class Api:
         """Unauthenticated refusals (joins), counted and logged within a budget."""
         self.admin_token = pki_files.admin_token()
         self.bodies = BodyReader()
+        self.max_document_bytes = max_document_bytes
+        self._openapi: bytes | None = None
 
     def routes(self) -> list[Route]:
         return [
@@ -297,9 +300,11 @@ class Api:
         return _json(s.Health(status="ok", sessions=len(self.hub.sessions)))
 
     async def openapi(self, request: web.Request) -> web.Response:
-        from cloudcore.api.openapi import openapi_document
+        if self._openapi is None:  # built once: ~10 ms, and anyone may ask for it
+            from cloudcore.api.openapi import openapi_document
 
-        return web.json_response(openapi_document(self.routes()))
+            self._openapi = msgspec.json.encode(openapi_document(self.routes()))
+        return web.Response(body=self._openapi, content_type="application/json")
 
     async def ca_cert(self, request: web.Request) -> web.Response:
         return web.Response(body=self.pki.ca_pem, content_type="application/x-pem-file")
@@ -308,6 +313,10 @@ class Api:
         body: s.JoinRequest = await self._body(request, s.JoinRequest, JOIN_BODY)
         token = pki.parse_join_token(body.token)
         pki.verify_ca_matches_token(self.pki.ca_cert, token)
+        try:  # before the token is spent: a node that sent a bad request can try again
+            pki.check_node_csr(body.csr.encode(), token.node)
+        except ValueError as exc:
+            raise JoinError(f"join token names no valid node: {exc}") from None
         now_ms = self.clock.time_ms()
         grant = await self.db.run(
             self.store.consume_join_token, token.token_id, token.secret, now_ms
@@ -393,6 +402,13 @@ class Api:
     async def apply_task(self, request: web.Request) -> web.Response:
         task: Task = await self._body(request, Task, OPERATOR_BODY)
         document = to_document(task)
+        size = len(msgspec.json.encode(document))
+        if size > self.max_document_bytes:
+            raise ResourceError(
+                f"task: the document is {size} bytes encoded, and a node receives at most "
+                f"{self.max_document_bytes} (hub.max_frame_bytes less the envelope); move "
+                "large data out of the task (env, argv) into files the task fetches"
+            )
         meta = task.metadata
         generation = await self.db.run(
             self.store.put_task, meta.namespace, meta.name, document, self.clock.time_ms()

@@ -97,6 +97,9 @@ class QuicHubServer:
         self.refused = 0
 
     async def start(self, host: str, port: int) -> int:
+        # aioquic logs 1-4 INFO lines per connection attempt under "quic", unbounded and
+        # outside the refusal log's budget: only its warnings and errors reach our log.
+        logging.getLogger("quic").setLevel(logging.WARNING)
         # retry=True: address validation. A bare Initial gets a stateless Retry and no
         # connection state; only a client that echoes the token from its own address
         # costs the cloud a connection (2,000 spoofable Initials cost +177 MB without it).

@@ -19,6 +19,7 @@ from cloudcore.store.upstream import INVALID, UpstreamContext, UpstreamHandler, 
 from shared.errors import Forbidden
 from shared.fencing import Assignment, Verdict, upstream_verdict
 from shared.protocol.messages import Envelope, Op
+from shared.text import bound_run_report
 
 
 class TaskRuns(UpstreamHandler[Assignment]):
@@ -60,6 +61,7 @@ class TaskRuns(UpstreamHandler[Assignment]):
         verdict, detail = upstream_verdict(grant, epoch)
         if verdict is Verdict.FORBIDDEN:
             return UpstreamOutcome(env, verdict.value, f"{env.res} on node {node}: {detail}")
+        body = bound_run_report(body)
         if env.op is Op.RESULT:
             seen = conn.execute(
                 sa.select(results.c.id).where(

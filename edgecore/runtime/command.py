@@ -42,6 +42,8 @@ from shared.runpolicy import RunLimits, check_env, workdir_parts
 
 BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ", "HOME")
 DEFAULT_RUN_AS = "nobody"
+EXIT_POLL = 0.02
+"""Seconds between checks that a run's main process has exited."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,7 +296,7 @@ async def _run(
     drains = asyncio.gather(_drain(proc.stdout, out), _drain(proc.stderr, err))
     error = ""
     try:
-        await asyncio.wait_for(proc.wait(), spec.timeout)
+        await asyncio.wait_for(_exited(proc), spec.timeout)
     except (TimeoutError, asyncio.TimeoutError):
         error = f"timed out after {spec.timeout:g}s; killed"
         await _kill(proc, settings.kill_grace)
@@ -302,10 +304,17 @@ async def _run(
         await _kill(proc, settings.kill_grace)
         drains.cancel()
         raise
+    # The run ends with its main process: what it left running in its process group is
+    # killed, so no child outlives the run or holds its output pipes open. (A child that
+    # called setsid has left the group: the unit's KillMode=control-group contains it.)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
     try:
         await asyncio.wait_for(drains, settings.kill_grace + 1)
     except (TimeoutError, asyncio.TimeoutError):
         drains.cancel()  # a grandchild kept the pipes open; the tail so far is what we have
+    with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+        await asyncio.wait_for(proc.wait(), settings.kill_grace + 1)
     code = proc.returncode
     duration = int((time.monotonic() - started) * 1000)
     if not error and code is not None and code < 0:
@@ -314,6 +323,13 @@ async def _run(
             error += " (SIGXCPU: the run's CPU time limit, see runtime limits)"
     phase = "succeeded" if code == 0 and not error else "failed"
     return RunOutcome(phase, code, error, out.text(), err.text(), duration)
+
+
+async def _exited(proc: asyncio.subprocess.Process) -> None:
+    """The main process has exited. (`proc.wait()` also waits for every pipe to close,
+    which a background child holding stdout would delay until it ends.)"""
+    while proc.returncode is None:  # noqa: ASYNC110 - asyncio has no public exit event
+        await asyncio.sleep(EXIT_POLL)
 
 
 async def _kill(proc: asyncio.subprocess.Process, grace: float) -> None:

@@ -110,6 +110,11 @@ class CronTrigger(Struct, frozen=True, tag_field="type", tag="cron"):
     timezone: Annotated[str, msgspec.Meta(max_length=64, examples=["UTC"])] = "UTC"
 
     def __post_init__(self) -> None:
+        if len(self.schedule.split()) != 5:
+            raise ValueError(
+                f"cron schedule {self.schedule!r} must have five fields: "
+                "minute hour day-of-month month day-of-week"
+            )
         try:
             zone = zoneinfo.ZoneInfo(self.timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):

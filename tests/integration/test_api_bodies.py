@@ -4,7 +4,9 @@ and never a stalled event loop (cloudcore/api/body.py)."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -212,3 +214,66 @@ async def test_hostile_bodies_do_not_stall_the_event_loop(cloud: Cloud, tmp_path
     # loaded 2-core CI machine; the figure printed above is what to quote.
     assert worst < 0.15, f"event loop stalled for {worst * 1000:.0f} ms"
     assert max(health) < 1.0
+
+
+async def test_a_compressed_body_is_refused_not_inflated(cloud: Cloud) -> None:
+    bomb = gzip.compress(b"\0" * (8 << 20))  # 8 MiB of zeros in ~8 KiB
+    status, answer = await cloud.request(
+        "POST",
+        "/api/v1/tasks",
+        data=bomb,
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    assert status == 415, answer
+    assert answer["message"] == "send the body uncompressed, not gzip"
+    status, _ = await cloud.request("GET", "/healthz", auth=None)
+    assert status == 200
+
+
+@pytest.mark.parametrize("value", ["2001-13-45", "1" * 5000])
+async def test_yaml_values_that_cannot_be_built_are_a_400(cloud: Cloud, value: str) -> None:
+    text = f"metadata: {{name: x}}\nspec: {{command: {{argv: [a]}}, when: {value}}}\n"
+    status, answer = await cloud.request(
+        "POST", "/api/v1/tasks", data=text, headers={"Content-Type": "application/yaml"}
+    )
+    assert status == 400, answer
+    assert "not valid for its YAML type" in answer["message"]
+
+
+@pytest.mark.cloud_config(hub={"max_frame_bytes": 16384})
+async def test_a_task_too_large_for_a_frame_is_refused_at_the_api(cloud: Cloud) -> None:
+    doc = task_document("fat", ["n1"])
+    doc["spec"]["command"]["env"] = {"BLOB": "b" * 14000}
+    status, answer = await cloud.request("POST", "/api/v1/tasks", json_body=doc)
+    assert status == 422, answer
+    assert "a node receives at most 12288" in answer["message"]
+    doc["spec"]["command"]["env"] = {"BLOB": "b" * 10000}
+    status, answer = await cloud.request("POST", "/api/v1/tasks", json_body=doc)
+    assert status == 200, answer
+
+
+async def test_edgectl_says_to_quote_a_yaml_date(cloud: Cloud, tmp_path: Path) -> None:
+    task = tmp_path / "dated.yaml"
+    task.write_text(
+        "metadata: {name: dated, labels: {release: 2026-01-01}}\nspec: {command: {argv: [true]}}\n"
+    )
+    config = cloud.data_dir / "edgectl.yaml"
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "cloudcore.edgectl",
+            "--config",
+            str(config),
+            "task",
+            "apply",
+            "-f",
+            str(task),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    assert "quote dates and times in YAML" in done.stderr

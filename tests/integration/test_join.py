@@ -282,3 +282,10 @@ async def test_valid_task_yaml_is_accepted(cloud: Cloud) -> None:
     )
     assert status == 200, body
     assert (body["name"], body["generation"]) == ("valid", 1)
+
+
+async def test_a_bad_certificate_request_does_not_spend_the_token(cloud: Cloud) -> None:
+    token = (await cloud.create_token("careful"))["token"]
+    assert_refused(await post_join(cloud, token, csr_for("someone-else")), "does not match")
+    status, answer = await post_join(cloud, token, csr_for("careful"))
+    assert status == 200, answer

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -311,3 +313,17 @@ def test_good_run_through_the_scheduler_gets_limits_and_succeeds(
     text = runs[0]["result"]["stdout_tail"]
     assert "Max open files            100" in text
     assert f"Max address space         {1024 << 20}" in text
+
+
+def test_what_a_run_leaves_running_in_its_group_ends_with_it(tmp_path: Path) -> None:
+    marker = f"sleep 30.{os.getpid()}"  # a duration no other process here sleeps
+    started = time.monotonic()
+    outcome = run(
+        tmp_path,
+        ["sh", "-c", f"{marker} & echo hi"],
+        RunSettings(run_as="root", kill_grace=5.0),
+    )
+    assert outcome.phase == "succeeded" and outcome.stdout_tail == "hi\n", outcome
+    assert time.monotonic() - started < 3, "the run waited for its background child"
+    left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True)
+    assert left.stdout == "", f"a child outlived its run: {left.stdout}"

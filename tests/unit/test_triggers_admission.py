@@ -102,3 +102,8 @@ def test_never_fits_says_why() -> None:
 def test_capacity_from_what_the_edge_reports() -> None:
     assert Capacity.from_report({"cpus": 4, "memory_bytes": 8 << 30}) == Capacity(4000, 8192)
     assert Capacity.from_report({"cpus": "4"}) == Capacity(0, 0)
+
+
+def test_a_six_field_cron_is_refused() -> None:
+    with pytest.raises(ResourceError, match="must have five fields"):
+        trigger(type="cron", schedule="* * * * * *")
