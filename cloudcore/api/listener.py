@@ -65,7 +65,7 @@ class ApiListener:
         self.handshake_timeout = handshake_timeout
         self.max_pending = max_pending
         self.pending = 0
-        self.doormen: set[Doorman] = set()
+        self.doormen: dict[Doorman, None] = {}
         self.trimmer = HeapTrimmer()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -36,7 +36,8 @@ class Gate(Protocol):
     max_pending: int
     pending: int
     """Connections not yet authenticated: at the door, or in the TLS handshake."""
-    doormen: set[Doorman]
+    doormen: dict[Doorman, None]
+    """The connections waiting for their ClientHello, oldest first."""
 
     def admit(self, transport: asyncio.Transport, peer: str) -> None:
         """The client sent a ClientHello: start TLS. The connection still counts as
@@ -59,11 +60,11 @@ class Doorman(asyncio.Protocol):
         addr = transport.get_extra_info("peername")
         self.peer = f"{addr[0]}:{addr[1]}" if addr else "unknown"
         gate = self._gate
-        if gate.pending >= gate.max_pending:
+        if gate.pending >= gate.max_pending and not self._evict_the_oldest_silent():
             self._refuse(
                 "too_many_handshakes",
-                f"{gate.pending} connections are already unauthenticated "
-                "(max_pending_handshakes); a scan or a flood? closed at once",
+                f"{gate.pending} connections are already in their TLS handshake "
+                "(max_pending_handshakes); a flood? closed at once",
             )
             return
         gate.pending += 1
@@ -76,7 +77,7 @@ class Doorman(asyncio.Protocol):
         self._dup = socket.socket(fileno=os.dup(raw.fileno()))
         loop.add_reader(self._dup.fileno(), self._readable)
         self._timer = loop.call_later(gate.handshake_timeout, self._idle)
-        gate.doormen.add(self)
+        gate.doormen[self] = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._release()
@@ -100,6 +101,21 @@ class Doorman(asyncio.Protocol):
             )
         else:
             self._admit()
+
+    def _evict_the_oldest_silent(self) -> bool:
+        """Make room at a full door by closing the connection that has waited longest
+        without a word: a client that means it sends its ClientHello at once, so silent
+        sockets cannot lock real edges out by filling the door."""
+        oldest = next(iter(self._gate.doormen), None)
+        if oldest is None:
+            return False
+        oldest._release()
+        oldest._refuse(
+            "evicted_silent",
+            "closed to make room: the oldest of max_pending_handshakes connections that "
+            "never sent a ClientHello (a scan or a flood?)",
+        )
+        return True
 
     def _admit(self) -> None:
         assert self._transport is not None
@@ -126,7 +142,7 @@ class Doorman(asyncio.Protocol):
             asyncio.get_running_loop().remove_reader(self._dup.fileno())
             self._dup.close()
             self._dup = None
-        self._gate.doormen.discard(self)
+        self._gate.doormen.pop(self, None)
 
     def _uncount(self) -> None:
         if self._counted:

@@ -18,9 +18,10 @@ handshake:
   descriptor, reading nothing) until the ClientHello is there, and a socket that stays
   silent is closed after `handshake_timeout`; a failed handshake's memory is
   freed at once and returned to the OS after a burst (cloudcore/hub/tls.py);
-- at most `max_pending` connections may be unauthenticated at once; beyond
-  that a new connection is closed at once (counted, and logged within the
-  refusal log's budget).
+- at most `max_pending` connections may be unauthenticated at once; a new
+  one beyond that closes the oldest that never sent a ClientHello, so silent
+  sockets cannot lock edges out (counted, and logged within the refusal log's
+  budget).
 """
 
 from __future__ import annotations
@@ -322,7 +323,7 @@ class WebSocketServer:
         self.max_pending = max_pending
         """Connections allowed to be unauthenticated at once (waiting for or in TLS)."""
         self.pending = 0
-        self.doormen: set[Doorman] = set()
+        self.doormen: dict[Doorman, None] = {}
         self.name = "WebSocket"
         self.trimmer = HeapTrimmer()
         """Gives TLS buffers back to the OS after bursts of connections (glibc)."""
