@@ -30,7 +30,7 @@ from shared.files import write_private
 
 log = logging.getLogger("cloudcore")
 
-ENVELOPE_ALLOWANCE = 4096
+ENVELOPE_ALLOWANCE = 1024
 """Bytes of a desired-state frame that are not the task document (envelope, epoch, …)."""
 API_KEEPALIVE = 15.0
 """Seconds an idle HTTPS connection to the API is kept (aiohttp's default is 75)."""
@@ -115,7 +115,8 @@ class CloudCore:
             quic_port=lambda: self.quic_port,
             insecure_no_auth=self.config.api.insecure_no_auth,
             refusals=self.refusals,
-            max_document_bytes=self.config.hub.max_frame_bytes - ENVELOPE_ALLOWANCE,
+            max_document_bytes=self.config.hub.max_frame_bytes
+            - min(ENVELOPE_ALLOWANCE, self.config.hub.max_frame_bytes // 4),
         )
         self.api_app = api.app()
         runner = web.AppRunner(

@@ -243,10 +243,10 @@ async def test_yaml_values_that_cannot_be_built_are_a_400(cloud: Cloud, value: s
 @pytest.mark.cloud_config(hub={"max_frame_bytes": 16384})
 async def test_a_task_too_large_for_a_frame_is_refused_at_the_api(cloud: Cloud) -> None:
     doc = task_document("fat", ["n1"])
-    doc["spec"]["command"]["env"] = {"BLOB": "b" * 14000}
+    doc["spec"]["command"]["env"] = {"BLOB": "b" * 15500}
     status, answer = await cloud.request("POST", "/api/v1/tasks", json_body=doc)
     assert status == 422, answer
-    assert "a node receives at most 12288" in answer["message"]
+    assert "a node receives at most 15360" in answer["message"]
     doc["spec"]["command"]["env"] = {"BLOB": "b" * 10000}
     status, answer = await cloud.request("POST", "/api/v1/tasks", json_body=doc)
     assert status == 200, answer
