@@ -1,7 +1,7 @@
 """Run `python -m cloudcore ARGS` under cProfile (per thread) and a stack sampler.
 
 `python -m cProfile -m cloudcore` profiles only the main thread, but
-cloudcore does its SQL on a dedicated DB thread (shared/dbthread.py), so
+cloudcore does its SQL on a dedicated DB thread (shared/aio/dbthread.py), so
 this wrapper also profiles every thread started after it (the executor's
 worker threads included) and writes one .prof file per thread plus a text
 summary when cloudcore exits (SIGTERM makes cloudcore exit cleanly).

@@ -24,8 +24,8 @@ from cloudcore.pki import CloudPKI
 from cloudcore.scheduler import Scheduler
 from cloudcore.store import CloudStore
 from cloudcore.sync import Hub
+from shared.aio.dbthread import DbThread
 from shared.clock import Clock, SystemClock
-from shared.dbthread import DbThread
 from shared.files import write_private
 
 log = logging.getLogger("cloudcore")

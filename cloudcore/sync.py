@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloudcore.store import CloudStore, DesiredRow
+from shared.aio.dbthread import DbThread
+from shared.aio.driver import SessionDriver
 from shared.clock import Clock
-from shared.dbthread import DbThread
-from shared.driver import SessionDriver
 from shared.errors import LinkClosed, LinkError, PeerClosed, StoreError
 from shared.faults import crash_point
 from shared.protocol.events import (

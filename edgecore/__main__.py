@@ -8,8 +8,8 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from shared.aio.daemon import print_error, run_daemon
 from shared.config import LOG_LEVELS, render_defaults
-from shared.daemon import print_error, run_daemon
 from shared.errors import ConfigError, EdgesyncError
 
 DEFAULT_DATA_DIR = "/var/lib/edgesync/edge"

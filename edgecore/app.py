@@ -17,8 +17,8 @@ from edgecore.scheduler import LocalScheduler
 from edgecore.store import EdgeStore
 from shared import pki
 from shared.admission import Capacity
+from shared.aio.dbthread import DbThread
 from shared.clock import Clock, SystemClock
-from shared.dbthread import DbThread
 from shared.errors import ConfigError, PKIError
 
 log = logging.getLogger("edgecore")

@@ -3,7 +3,7 @@
 Devices are upgraded in the field, unattended, and a half-migrated store
 would strand a node, so:
 - every pending step runs in the one transaction `EdgeStore.open` began with
-  BEGIN IMMEDIATE (shared/sqlstore.py `_schema_tx`): SQLite DDL is
+  BEGIN IMMEDIATE (shared/aio/sqlstore.py `_schema_tx`): SQLite DDL is
   transactional, and a failing step leaves the file exactly as it was;
 - before a destructive step (one that drops or rebuilds a table) the file is
   copied with SQLite's online backup API to `edge.db.schema-N.bak` beside it,

@@ -23,8 +23,8 @@ from edgecore.runtime import RunContext, RuntimeRegistry
 from edgecore.runtime.command import RunOutcome
 from edgecore.store import EdgeStore, TaskObject
 from shared.admission import Capacity, admits, never_fits
+from shared.aio.dbthread import DbThread
 from shared.clock import Clock
-from shared.dbthread import DbThread
 from shared.errors import OutboxFull, ResourceError
 from shared.ids import new_ulid
 from shared.resources import Task, task_from_document

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from edgecore.migrations import MIGRATIONS, NEWEST, Migration, migrate
+from shared.aio.sqlstore import SqlStore
 from shared.errors import OutboxFull
 from shared.outbox import (
     DROPPABLE,
@@ -35,7 +36,6 @@ from shared.outbox import (
     twin_report_supersedes,
 )
 from shared.protocol.messages import Envelope, Op
-from shared.sqlstore import SqlStore
 
 log = logging.getLogger(__name__)
 

@@ -101,7 +101,7 @@ def secure_data_dir(data_dir: Path, databases: Iterable[Path]) -> None:
     """What both daemons do at start: a private data dir and private database files.
 
     Files created later are private because the daemons run with umask 0077
-    (shared.daemon); SQLite gives its `-wal` and `-shm` files the database's mode.
+    (shared.aio.daemon); SQLite gives its `-wal` and `-shm` files the database's mode.
     Raises ConfigError when a mode cannot be changed (another owner).
     """
     ensure_private_dir(data_dir)

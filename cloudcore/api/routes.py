@@ -28,8 +28,8 @@ from cloudcore.scheduler import Scheduler
 from cloudcore.store import CloudStore
 from cloudcore.sync import Hub
 from shared import pki
+from shared.aio.dbthread import DbThread
 from shared.clock import Clock
-from shared.dbthread import DbThread
 from shared.errors import JoinError, NotFound, ResourceError, StoreError
 from shared.faults import crash_point
 from shared.resources import Task, parse_task, to_document, validate_name

@@ -37,8 +37,8 @@ from aioquic.tls import SessionTicket
 
 from cloudcore.hub.refusals import RefusalLog
 from shared import certpolicy, pki
+from shared.aio.quic_channel import ALPN, CLOSE_UNAUTHORIZED, QuicChannel, QuicChannelProtocol
 from shared.errors import CertificateRefused
-from shared.quic_channel import ALPN, CLOSE_UNAUTHORIZED, QuicChannel, QuicChannelProtocol
 
 log = logging.getLogger(__name__)
 

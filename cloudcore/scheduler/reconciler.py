@@ -19,8 +19,8 @@ from typing import Any
 from cloudcore.scheduler.filters import DEFAULT_FILTERS
 from cloudcore.scheduler.framework import Filter, NodeInfo, Score, TaskInfo, place
 from cloudcore.store import CloudStore, DesiredRow, Placement
+from shared.aio.dbthread import DbThread
 from shared.clock import Clock
-from shared.dbthread import DbThread
 from shared.errors import ResourceError, StoreError
 from shared.labels import placement_labels
 from shared.resources import task_from_document

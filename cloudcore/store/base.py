@@ -10,7 +10,7 @@ from sqlalchemy.engine import Connection
 
 from cloudcore import migrations
 from cloudcore.store.schema import counters
-from shared.sqlstore import SqlStore
+from shared.aio.sqlstore import SqlStore
 
 log = logging.getLogger("cloudcore.store")
 """One logger for the whole package: docs/operations.md quotes its lines as `cloudcore.store`."""

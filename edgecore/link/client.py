@@ -22,10 +22,10 @@ from edgecore.config import EdgeConfig
 from edgecore.link.quic import TicketCache, connect_quic
 from edgecore.link.websocket import connect_websocket
 from edgecore.store import EdgeStore
+from shared.aio.dbthread import DbThread
+from shared.aio.driver import SessionDriver
 from shared.backoff import backoff, is_retryable
 from shared.clock import Clock
-from shared.dbthread import DbThread
-from shared.driver import SessionDriver
 from shared.errors import AuthError, EdgesyncError, LinkBroken, LinkError, UnsupportedVersion
 from shared.faults import crash_point
 from shared.protocol.events import (

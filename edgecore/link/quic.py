@@ -21,8 +21,8 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.tls import SessionTicket
 
+from shared.aio.quic_channel import ALPN, CLOSE_UNAUTHORIZED, QuicChannel, QuicChannelProtocol
 from shared.errors import AuthError, LinkBroken
-from shared.quic_channel import ALPN, CLOSE_UNAUTHORIZED, QuicChannel, QuicChannelProtocol
 
 
 @dataclass

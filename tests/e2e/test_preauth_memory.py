@@ -25,7 +25,7 @@ from aioquic.quic.connection import QuicConnection
 
 from cloudcore.fleet import LocalFleet
 from cloudcore.hub.tls import HeapTrimmer
-from shared.quic_channel import ALPN
+from shared.aio.quic_channel import ALPN
 from tests.e2e.conftest import FAST_CLOUD
 
 pytestmark = pytest.mark.slow

@@ -19,15 +19,15 @@ from aioquic.quic.configuration import QuicConfiguration
 from cloudcore.fleet import LocalFleet
 from edgecore.link.quic import connect_quic
 from shared import pki
-from shared.errors import AuthError
-from shared.protocol import codec
-from shared.quic_channel import (
+from shared.aio.quic_channel import (
     ALPN,
     CLOSE_FRAME_TOO_LARGE,
     CLOSE_UNAUTHORIZED,
     QuicChannel,
     QuicChannelProtocol,
 )
+from shared.errors import AuthError
+from shared.protocol import codec
 from tests.e2e.conftest import FAST_CLOUD, FAST_EDGE, all_succeeded, assert_exactly_once
 from tests.e2e.test_fleet import apply, wait_ready
 from tests.helpers.udp_proxy import UdpProxy

@@ -14,9 +14,9 @@ from typing import Any
 from aioquic.asyncio.client import connect
 from aioquic.quic.configuration import QuicConfiguration
 
+from shared.aio.quic_channel import ALPN, QuicChannel, QuicChannelProtocol
 from shared.protocol import codec
 from shared.protocol.messages import Envelope
-from shared.quic_channel import ALPN, QuicChannel, QuicChannelProtocol
 
 
 @dataclass

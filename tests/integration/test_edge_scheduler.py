@@ -18,8 +18,8 @@ from edgecore.runtime.command_runtime import CommandRuntime
 from edgecore.scheduler import LocalScheduler
 from edgecore.store import EdgeStore, TaskObject
 from shared.admission import Capacity
+from shared.aio.dbthread import DbThread
 from shared.clock import SystemClock
-from shared.dbthread import DbThread
 from shared.protocol.messages import Envelope, Op
 from shared.resources import Task
 from tests.integration.harness import eventually

@@ -21,9 +21,9 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from edgecore.link.websocket import client_context, connect_websocket
 from shared import pki
+from shared.aio.quic_channel import CLOSE_UNAUTHORIZED
 from shared.protocol.events import AckReceived, ErrorReceived
 from shared.protocol.messages import Op
-from shared.quic_channel import CLOSE_UNAUTHORIZED
 from tests.helpers import certs
 from tests.helpers.quic_client import raw_quic_client
 from tests.integration.harness import (

@@ -8,8 +8,8 @@ from pathlib import Path
 from cloudcore.scheduler import Scheduler
 from cloudcore.scheduler.reconciler import Written
 from cloudcore.store import CloudStore
+from shared.aio.dbthread import DbThread
 from shared.clock import FakeClock
-from shared.dbthread import DbThread
 from shared.resources import parse_task, to_document
 from tests.integration.harness import eventually
 

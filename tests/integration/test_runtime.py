@@ -22,8 +22,8 @@ from edgecore.runtime.command import RunOutcome, RunSettings, run_command
 from edgecore.runtime.command_runtime import CommandRuntime
 from edgecore.scheduler import LocalScheduler
 from edgecore.store import EdgeStore
+from shared.aio.dbthread import DbThread
 from shared.clock import SystemClock
-from shared.dbthread import DbThread
 from shared.protocol.messages import Envelope, Op
 from shared.resources import CommandSpec
 from shared.runpolicy import run_limits

@@ -30,7 +30,7 @@ from cryptography import x509
 
 from cloudcore.hub.quic import _request_client_certificate
 from shared import pki
-from shared.quic_channel import ALPN
+from shared.aio.quic_channel import ALPN
 
 VERSION = importlib.metadata.version("aioquic")
 NOW = dt.datetime.now(dt.timezone.utc)
@@ -114,7 +114,7 @@ def test_initialize_can_be_wrapped_to_request_a_client_certificate() -> None:
     client, server = pair()
     require(server, "_initialize", "cloudcore/hub/quic.py _request_client_certificate")
     handshake(client, server)
-    tls = require(server, "tls", "cloudcore/hub/quic.py, shared/quic_channel.py")
+    tls = require(server, "tls", "cloudcore/hub/quic.py, shared/aio/quic_channel.py")
     flag = require(tls, "_request_client_certificate", "cloudcore/hub/quic.py (both uses)")
     assert flag is True
 
@@ -134,7 +134,7 @@ def test_the_server_sees_the_client_certificate_as_peer_certificate() -> None:
 def test_ticket_callbacks_set_after_construction_are_used() -> None:
     """cloudcore/hub/quic.py sets _session_ticket_handler / _session_ticket_fetcher on the
     connection aioquic's server created, and clears tls._request_client_certificate on
-    resumption; shared/quic_channel.py reads tls.session_resumed."""
+    resumption; shared/aio/quic_channel.py reads tls.session_resumed."""
     issued: list[SessionTicket] = []
     client_tickets: list[SessionTicket] = []
     client, server = pair(handler=client_tickets.append)
@@ -155,7 +155,9 @@ def test_ticket_callbacks_set_after_construction_are_used() -> None:
     require(server2, "_session_ticket_fetcher", "cloudcore/hub/quic.py _create_protocol")
     handshake(client2, server2)
     assert fetched == [issued[0].ticket], f"aioquic {VERSION}: the fetcher was not consulted"
-    resumed = require(server2.tls, "session_resumed", "shared/quic_channel.py QuicChannel.resumed")
+    resumed = require(
+        server2.tls, "session_resumed", "shared/aio/quic_channel.py QuicChannel.resumed"
+    )
     assert resumed is True
 
 
@@ -171,12 +173,12 @@ def test_the_close_event_records_the_application_error() -> None:
 
 
 def test_network_paths_hold_the_peer_address() -> None:
-    """shared/quic_channel.py QuicChannel.peer reads _network_paths[0].addr."""
+    """shared/aio/quic_channel.py QuicChannel.peer reads _network_paths[0].addr."""
     client, server = pair()
     handshake(client, server)
-    paths = require(server, "_network_paths", "shared/quic_channel.py QuicChannel.peer")
+    paths = require(server, "_network_paths", "shared/aio/quic_channel.py QuicChannel.peer")
     assert paths, "no network path"
-    addr = require(paths[0], "addr", "shared/quic_channel.py QuicChannel.peer")
+    addr = require(paths[0], "addr", "shared/aio/quic_channel.py QuicChannel.peer")
     assert tuple(addr) == CLIENT_ADDR
 
 
@@ -194,7 +196,7 @@ async def _protocol_and_server() -> None:
             lambda: QuicConnectionProtocol(client), local_addr=("127.0.0.1", 0)
         )
         try:
-            quic = require(protocol, "_quic", "shared/quic_channel.py QuicChannel.quic")
+            quic = require(protocol, "_quic", "shared/aio/quic_channel.py QuicChannel.quic")
             assert quic is client
             own = require(protocol, "_transport", "edgecore/link/quic.py rebind")
             assert own is udp

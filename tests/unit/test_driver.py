@@ -1,4 +1,4 @@
-"""The session driver (shared/driver.py) with no sockets: a cloud-role and an edge-role
+"""The session driver (shared/aio/driver.py) with no sockets: a cloud-role and an edge-role
 driver over the in-memory Channel pair, under a FakeClock the tests move by hand."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from shared.aio.driver import SessionDriver
+from shared.aio.memory_channel import CloseInfo, MemoryChannel, MemoryLink, channel_pair
 from shared.clock import FakeClock
-from shared.driver import SessionDriver
 from shared.errors import LinkBroken, LinkError, PeerClosed
 from shared.ids import CounterIds
-from shared.memory_channel import CloseInfo, MemoryChannel, MemoryLink, channel_pair
 from shared.protocol import codec
 from shared.protocol.events import (
     AckReceived,
@@ -320,9 +320,9 @@ def test_at_debug_each_driver_traces_its_connection(caplog: pytest.LogCaptureFix
         await fleet.edge.shut("bye")
         await fleet.finished()
 
-    with caplog.at_level(logging.DEBUG, logger="shared.driver"):
+    with caplog.at_level(logging.DEBUG, logger="shared.aio.driver"):
         run(main)
-    lines = [r.getMessage() for r in caplog.records if r.name == "shared.driver"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "shared.aio.driver"]
     cloud_lines = [line for line in lines if line.startswith("cloud#")]
     edge_lines = [line for line in lines if line.startswith("edge#")]
     assert len(cloud_lines) + len(edge_lines) == len(lines)
@@ -357,9 +357,9 @@ def test_peer_chosen_text_is_escaped_in_the_trace(caplog: pytest.LogCaptureFixtu
         )
         await asyncio.wait_for(task, 5.0)
 
-    with caplog.at_level(logging.DEBUG, logger="shared.driver"):
+    with caplog.at_level(logging.DEBUG, logger="shared.aio.driver"):
         run(main)
-    lines = [r.getMessage() for r in caplog.records if r.name == "shared.driver"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "shared.aio.driver"]
     assert any(
         "recv hello id='h\\n2026-12-08 INFO node edge-9 connected\\x1b[2K'" in s for s in lines
     )
@@ -368,7 +368,7 @@ def test_peer_chosen_text_is_escaped_in_the_trace(caplog: pytest.LogCaptureFixtu
 
 
 def test_above_debug_the_trace_hook_stays_unset(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="shared.driver"):
+    with caplog.at_level(logging.INFO, logger="shared.aio.driver"):
         side = Side(Role.CLOUD, channel_pair().cloud, FakeClock(), 0)
     assert side.session.trace is None
 
@@ -379,7 +379,7 @@ def test_a_trace_hook_set_by_the_application_is_kept(caplog: pytest.LogCaptureFi
     session = Session(
         Role.CLOUD, CONFIG, clock.monotonic(), clock.time_ms(), trace=lambda d, i: seen.append(d)
     )
-    with caplog.at_level(logging.DEBUG, logger="shared.driver"):
+    with caplog.at_level(logging.DEBUG, logger="shared.aio.driver"):
         driver = SessionDriver(session, channel_pair().cloud, clock, "custom")
     assert driver.session.trace is not None and driver.conn_id.startswith("custom#")
     session.close("x", "y", clock.monotonic())

@@ -3,24 +3,25 @@ no event loop, transport, database or MQTT library."""
 
 from __future__ import annotations
 
+import pkgutil
 import subprocess
 import sys
 
-PURE_MODULES = [
-    "shared.protocol.session",
-    "shared.protocol.codec",
-    "shared.protocol.framing",
-    "shared.protocol.states",
-    "shared.resources",
-    "shared.runpolicy",
-    "shared.backoff",
-    "shared.config",
-    "shared.pki",
-    "shared.outbox",
-    "shared.fencing",
-    "shared.resume",
-]
+import shared
+
+IO_SUBPACKAGE = "shared.aio"
+"""The one part of shared/ that does asyncio I/O (drivers, channels, DB thread)."""
+PURE_MODULES = sorted(
+    m.name
+    for m in pkgutil.walk_packages(shared.__path__, "shared.")
+    if m.name != IO_SUBPACKAGE and not m.name.startswith(IO_SUBPACKAGE + ".")
+)
 FORBIDDEN = ["asyncio", "websockets", "aioquic", "sqlalchemy", "paho", "aiohttp"]
+
+
+def test_every_module_of_shared_outside_its_io_subpackage_is_pure() -> None:
+    assert "shared.protocol.session" in PURE_MODULES and "shared.resources.task" in PURE_MODULES
+    assert not any(m.startswith("shared.aio") for m in PURE_MODULES)
 
 
 def test_pure_modules_import_no_io_library() -> None:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from shared.aio.memory_channel import CloseInfo, MemoryChannel, channel_pair
 from shared.errors import LinkBroken, LinkClosed, PeerClosed
-from shared.memory_channel import CloseInfo, MemoryChannel, channel_pair
 
 
 def run(coro: Coroutine[Any, Any, None]) -> None:

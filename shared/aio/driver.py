@@ -8,7 +8,7 @@ Two tasks per connection:
   until the session's next deadline (pings, liveness).
 cloudcore's NodeSession and edgecore's link connection are the two subclasses.
 
-With the `shared.driver` logger at DEBUG when a driver is made, it sets the
+With the `shared.aio.driver` logger at DEBUG when a driver is made, it sets the
 session's trace hook and logs every message in and out and every event,
 tagged with a per-connection id (`conn_id`). Bodies are left out (task
 bodies carry env values) and peer-chosen text is repr-escaped; at any other
@@ -21,7 +21,7 @@ import asyncio
 import itertools
 import logging
 
-from shared.aio import run_together
+from shared.aio.structured import run_together
 from shared.clock import Clock
 from shared.errors import LinkError
 from shared.protocol.events import (
