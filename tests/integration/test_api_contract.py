@@ -63,6 +63,7 @@ async def test_api_conforms_to_its_generated_openapi_document(cloud: Cloud, tmp_
         "--report-har-path",
         str(har),
         stdout=report.open("wb"),
+        cwd=tmp_path,  # schemathesis keeps a cache in .schemathesis/ of its working dir
         stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
     )
