@@ -24,6 +24,7 @@ from shared.faults import crash_point
 from shared.protocol.events import (
     AckReceived,
     ErrorReceived,
+    Event,
     HelloReceived,
     MessageReceived,
     PingReceived,
@@ -31,7 +32,7 @@ from shared.protocol.events import (
 )
 from shared.protocol.messages import Envelope, Op
 from shared.protocol.session import Session, SessionConfig
-from shared.protocol.states import Role, State
+from shared.protocol.states import Role
 from shared.text import (
     SOFTWARE_MAX_CHARS,
     bound_labels,
@@ -239,29 +240,16 @@ class NodeSession(SessionDriver):
             self._done.set()
 
     async def _handshake(self) -> bool:
-        clock = self.hub.clock
-        cfg = self.hub.session_config
-        deadline = clock.monotonic() + cfg.handshake_timeout
-        while self.session.state is State.AWAIT_HELLO:
-            remaining = deadline - clock.monotonic()
-            if remaining <= 0:
-                self.session.handle_timer(clock.monotonic())
-                break
-            try:
-                frame = await asyncio.wait_for(self.channel.recv(), remaining)
-            except (TimeoutError, asyncio.TimeoutError):
-                continue
-            except LinkError as exc:
-                self.close_reason = _quote(exc)
-                return False
-            self.session.receive_frame(frame, clock.monotonic())
-        for event in self.session.events_received():
-            if isinstance(event, HelloReceived):
-                return await self._accept(event)
-            if isinstance(event, SessionClosed):
-                self._log_closed(event)
-        await self.flush_quietly()
-        return False
+        try:
+            hello = await self.handshake()
+        except LinkError as exc:
+            self.close_reason = _quote(exc)
+            return False
+        return isinstance(hello, HelloReceived) and await self._accept(hello)
+
+    def handshake_event(self, event: Event) -> None:
+        if isinstance(event, SessionClosed):
+            self._log_closed(event)
 
     async def _accept(self, hello: HelloReceived) -> bool:
         hub, clock, body = self.hub, self.hub.clock, hello.body

@@ -31,13 +31,14 @@ from shared.faults import crash_point
 from shared.protocol.events import (
     AckReceived,
     ErrorReceived,
+    Event,
     MessageReceived,
     SessionClosed,
     WelcomeReceived,
 )
 from shared.protocol.messages import Envelope
 from shared.protocol.session import Session
-from shared.protocol.states import Role, State
+from shared.protocol.states import Role
 from shared.transport import Channel
 
 log = logging.getLogger(__name__)
@@ -232,25 +233,14 @@ class _Connection(SessionDriver):
         return True
 
     async def _await_welcome(self) -> WelcomeReceived | None:
-        session, clock = self.session, self.link.clock
-        while session.state is State.HELLO_SENT:
-            deadline = session.next_deadline()
-            timeout = max(0.0, (deadline or clock.monotonic()) - clock.monotonic())
-            try:
-                frame = await asyncio.wait_for(self.channel.recv(), timeout)
-            except (TimeoutError, asyncio.TimeoutError):
-                session.handle_timer(clock.monotonic())
-                continue
-            session.receive_frame(frame, clock.monotonic())
-        for event in session.events_received():
-            if isinstance(event, WelcomeReceived):
-                return event
-            if isinstance(event, ErrorReceived):
-                log.error("the cloud refused this node: %s: %s", event.code, event.reason)
-            if isinstance(event, SessionClosed):
-                self._note_closed(event)
-        await self.flush()
-        return None
+        welcome = await self.handshake()
+        return welcome if isinstance(welcome, WelcomeReceived) else None
+
+    def handshake_event(self, event: Event) -> None:
+        if isinstance(event, ErrorReceived):
+            log.error("the cloud refused this node: %s: %s", event.code, event.reason)
+        elif isinstance(event, SessionClosed):
+            self._note_closed(event)
 
     def _note_closed(self, event: SessionClosed) -> None:
         # The fatal codes an operator must fix (docs/protocol.md §5). `forbidden` is never

@@ -35,9 +35,12 @@ from shared.protocol.events import (
 )
 from shared.protocol.messages import Envelope, Op
 from shared.protocol.session import Session, TraceDirection
+from shared.protocol.states import State
 from shared.transport import Channel
 
 log = logging.getLogger(__name__)
+
+_HANDSHAKE_STATES = (State.AWAIT_HELLO, State.HELLO_SENT)
 
 _connection_numbers = itertools.count(1)
 
@@ -66,6 +69,40 @@ class SessionDriver:
 
     def link_lost(self, exc: LinkError) -> None:
         """The channel failed (logged by the subclass)."""
+
+    def handshake_event(self, event: Event) -> None:
+        """An event of the handshake other than the peer's hello/welcome (an error, the
+        close); the subclass logs or records it."""
+
+    # ------------------------------------------------------------ the handshake
+
+    async def handshake(self) -> HelloReceived | WelcomeReceived | None:
+        """Read frames until the session leaves its handshake state; returns the peer's
+        hello (cloud role) or welcome (edge role), or None if the session closed instead
+        (a refusal, a violation, the handshake timeout on the session's own deadline).
+
+        Every other event goes to `handshake_event`. A broken link raises LinkError:
+        what it means differs (a cloud forgets the connection, an edge reconnects).
+        """
+        session, clock = self.session, self.clock
+        while session.state in _HANDSHAKE_STATES:
+            deadline = session.next_deadline()
+            timeout = max(0.0, (deadline or clock.monotonic()) - clock.monotonic())
+            try:
+                frame = await asyncio.wait_for(self.channel.recv(), timeout)
+            except (TimeoutError, asyncio.TimeoutError):
+                session.handle_timer(clock.monotonic())
+                continue
+            session.receive_frame(frame, clock.monotonic())
+        opened: HelloReceived | WelcomeReceived | None = None
+        for event in session.events_received():
+            if opened is None and isinstance(event, (HelloReceived, WelcomeReceived)):
+                opened = event
+            else:
+                self.handshake_event(event)
+        if opened is None:
+            await self.flush_quietly()  # the error that closed it, if any
+        return opened
 
     # ------------------------------------------------------------ machinery
 

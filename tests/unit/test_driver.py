@@ -384,3 +384,54 @@ def test_a_trace_hook_set_by_the_application_is_kept(caplog: pytest.LogCaptureFi
     assert driver.session.trace is not None and driver.conn_id.startswith("custom#")
     session.close("x", "y", clock.monotonic())
     assert seen == ["send"]
+
+
+class Handshaking(Side):
+    """Opens with the driver's own handshake() before its loops, as both daemons do."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.other: list[object] = []
+        self.opened: HelloReceived | WelcomeReceived | None = None
+
+    def handshake_event(self, event: object) -> None:
+        self.other.append(event)
+
+    async def open(self) -> None:
+        await self.start()
+        self.opened = await self.handshake()
+        if isinstance(self.opened, HelloReceived):
+            self.session.accept(self.cursor, {"node": self.channel.node}, self.clock.monotonic())
+            await self.flush()
+
+
+def test_the_driver_performs_the_handshake_for_both_roles() -> None:
+    async def test() -> None:
+        clock = FakeClock()
+        pair = channel_pair("n1")
+        cloud = Handshaking(Role.CLOUD, pair.cloud, clock, 7)
+        edge = Handshaking(Role.EDGE, pair.edge, clock, 3)
+        await asyncio.gather(cloud.open(), edge.open())
+        assert isinstance(cloud.opened, HelloReceived) and cloud.opened.applied_rv == 3
+        assert isinstance(edge.opened, WelcomeReceived) and edge.opened.received_seq == 7
+        assert cloud.session.state is edge.session.state is State.OPEN
+        assert cloud.other == edge.other == []
+
+    run(test)
+
+
+def test_a_silent_peer_times_the_handshake_out_on_the_session_deadline() -> None:
+    async def test() -> None:
+        clock = FakeClock()
+        pair = channel_pair("n1")
+        cloud = Handshaking(Role.CLOUD, pair.cloud, clock, 0)
+        opening = asyncio.ensure_future(cloud.open())
+        await asyncio.sleep(0.05)
+        assert not opening.done()
+        clock.advance(CONFIG.handshake_timeout + 0.1)
+        await asyncio.wait_for(opening, 5.0)
+        assert cloud.opened is None
+        assert [type(e) for e in cloud.other] == [SessionClosed]
+        assert cloud.other[0].code == "timeout"  # type: ignore[attr-defined]
+
+    run(test)
