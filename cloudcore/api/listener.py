@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
-from typing import Any
 
-from cloudcore.hub.doorman import Doorman
+from cloudcore.hub.doorman import DoorServer
 from cloudcore.hub.refusals import RefusalLog
-from cloudcore.hub.tls import HeapTrimmer, release_handshake
+from cloudcore.hub.tls import release_handshake
 
 
 class _Early(asyncio.Protocol):
@@ -46,7 +45,7 @@ class _Early(asyncio.Protocol):
             protocol.eof_received()
 
 
-class ApiListener:
+class ApiListener(DoorServer):
     """Serves `protocol_factory` (aiohttp's `web.Server`) over TLS on HOST:PORT."""
 
     name = "API"
@@ -59,27 +58,12 @@ class ApiListener:
         handshake_timeout: float,
         max_pending: int,
     ) -> None:
+        super().__init__(refusals, handshake_timeout, max_pending)
         self.protocol_factory = protocol_factory
         self.ssl_context = ssl_context
-        self.refusals = refusals
-        self.handshake_timeout = handshake_timeout
-        self.max_pending = max_pending
-        self.pending = 0
-        self.doormen: dict[Doorman, None] = {}
-        self.trimmer = HeapTrimmer()
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    async def start(self, host: str, port: int) -> int:
-        """Listen; returns the bound port (useful with port 0)."""
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: Doorman(self), host, port)
-        return int(self._server.sockets[0].getsockname()[1])
 
     def admit(self, transport: asyncio.Transport, peer: str) -> None:
-        task = asyncio.ensure_future(self._serve(transport, peer))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.spawn(self._serve(transport, peer))
 
     async def _serve(self, transport: asyncio.Transport, peer: str) -> None:
         loop = asyncio.get_running_loop()
@@ -109,12 +93,3 @@ class ApiListener:
         protocol.connection_made(tls)  # start_tls leaves that to its caller
         tls.set_protocol(protocol)
         early.hand_over(protocol)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        self.trimmer.stop()
-        for doorman in list(self.doormen):
-            doorman.close()
-        for task in list(self._tasks):
-            task.cancel()

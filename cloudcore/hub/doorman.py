@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from typing import Protocol
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 from cloudcore.hub.refusals import RefusalLog
+from cloudcore.hub.tls import HeapTrimmer
 
 TLS_HANDSHAKE_RECORD = 0x16
 """The first byte of every TLS ClientHello (record type: handshake)."""
@@ -155,3 +157,47 @@ class Doorman(asyncio.Protocol):
         self._uncount()
         if self._transport is not None:
             self._transport.abort()
+
+
+class DoorServer:
+    """A TLS port behind a Doorman: what the WebSocket hub and the API listener share.
+
+    Subclasses set `name` and implement `admit` (start TLS and serve the connection).
+    """
+
+    name = "TLS"
+
+    def __init__(self, refusals: RefusalLog, handshake_timeout: float, max_pending: int) -> None:
+        self.refusals = refusals
+        self.handshake_timeout = handshake_timeout
+        self.max_pending = max_pending
+        """Connections allowed to be unauthenticated at once (waiting for or in TLS)."""
+        self.pending = 0
+        self.doormen: dict[Doorman, None] = {}
+        self.trimmer = HeapTrimmer()
+        """Gives TLS buffers back to the OS after bursts of connections (glibc)."""
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def admit(self, transport: asyncio.Transport, peer: str) -> None:
+        raise NotImplementedError
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen; returns the bound port (useful with port 0)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: Doorman(self), host, port)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        self.trimmer.stop()
+        for doorman in list(self.doormen):
+            doorman.close()
+        for task in list(self._tasks):
+            task.cancel()

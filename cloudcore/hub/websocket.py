@@ -32,7 +32,6 @@ import datetime as dt
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 from cryptography import x509
 from websockets.exceptions import InvalidState
@@ -42,9 +41,9 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from cloudcore.hub.doorman import Doorman
+from cloudcore.hub.doorman import DoorServer
 from cloudcore.hub.refusals import RefusalLog
-from cloudcore.hub.tls import HeapTrimmer, release_handshake
+from cloudcore.hub.tls import release_handshake
 from shared import certpolicy
 from shared.errors import CertificateRefused, LinkBroken, LinkClosed, LinkError, PeerClosed
 from shared.text import escape_text
@@ -301,8 +300,10 @@ class WebSocketChannel(asyncio.Protocol):
 ChannelHandler = Callable[[WebSocketChannel], Awaitable[None]]
 
 
-class WebSocketServer:
+class WebSocketServer(DoorServer):
     """Accepts edges on wss://HOST:PORT/edgesync/v1 and hands each one to `handler`."""
+
+    name = "WebSocket"
 
     def __init__(
         self,
@@ -316,50 +317,20 @@ class WebSocketServer:
         refusals: RefusalLog | None = None,
         max_pending: int = 256,
     ) -> None:
+        super().__init__(refusals or RefusalLog(), handshake_timeout, max_pending)
         self.handler = handler
         self.ssl_context = ssl_context
         self.ca = ca
-        self.refusals = refusals or RefusalLog()
-        self.max_pending = max_pending
-        """Connections allowed to be unauthenticated at once (waiting for or in TLS)."""
-        self.pending = 0
-        self.doormen: dict[Doorman, None] = {}
-        self.name = "WebSocket"
-        self.trimmer = HeapTrimmer()
-        """Gives TLS buffers back to the OS after bursts of connections (glibc)."""
         # Frames somewhat above the protocol limit still reach the codec, which
         # answers with a typed `frame_too_large` error; far larger ones are cut
         # off here by websockets (close code 1009) without buffering them.
         self.max_size = max_frame_bytes + 65536
-        self.handshake_timeout = handshake_timeout
         self.compression = compression
         self.tls_failures = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    async def start(self, host: str, port: int) -> int:
-        """Listen; returns the bound port (useful with port 0)."""
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: Doorman(self), host, port)
-        return int(self._server.sockets[0].getsockname()[1])
 
     def admit(self, transport: asyncio.Transport, peer: str) -> None:
         """A ClientHello arrived: TLS, identity, then the session (WebSocketChannel)."""
         self.spawn(WebSocketChannel(self, transport, peer)._serve())
-
-    def spawn(self, coro: Awaitable[None]) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        self.trimmer.stop()
-        for doorman in list(self.doormen):
-            doorman.close()
-        for task in list(self._tasks):
-            task.cancel()
 
 
 def _describe_tls_error(exc: BaseException) -> tuple[str, str]:
