@@ -13,6 +13,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +22,14 @@ from cloudcore.edgectl import CtlError
 from cloudcore.fleet import LocalFleet
 from shared import pki
 from shared.faults import CRASH_EXIT_CODE
-from tests.e2e.conftest import all_succeeded, assert_exactly_once, edge_runs, once_task
+from tests.e2e.conftest import (
+    FAST_CLOUD,
+    FAST_EDGE,
+    all_succeeded,
+    assert_exactly_once,
+    edge_runs,
+    once_task,
+)
 from tests.helpers.tcp_proxy import TcpProxy
 from tests.helpers.udp_proxy import UdpProxy
 
@@ -358,3 +367,53 @@ def test_rejoin_after_delete_resyncs_and_forgets_old_tasks(fleet: LocalFleet) ->
     # more run may start before the resync; without the resync it would run every 0.3 s.
     assert runs.count("task/default/old") <= old_runs + 1, "the deleted node's task kept running"
     assert runs.count("task/default/new") == 1
+
+
+def test_a_task_moved_off_a_cut_off_node_is_fenced(tmp_path: Path) -> None:
+    """Real fencing, end to end: edge-a is cut off mid-run, the operator re-pins the task to
+    edge-b, edge-a finishes offline and reports on reconnect. Its late result is recorded
+    as stale, never as the task's state; edge-a drops the task and does not run it again."""
+    edge_config = {"link": {**FAST_EDGE["link"], "transport": "websocket"}}
+    fleet = LocalFleet(tmp_path, cloud_config=FAST_CLOUD, edge_config=edge_config)
+    slow = [sys.executable, "-c", "import time; time.sleep(3); print('a done')"]
+    try:
+        fleet.start_cloud()
+        with TcpProxy("127.0.0.1", fleet.runtime["websocket_port"]) as proxy:
+            fleet.join("edge-a")
+            fleet.set_edge_url("edge-a", websocket_url=f"wss://127.0.0.1:{proxy.port}/edgesync/v1")
+            fleet.start_edge("edge-a")
+            fleet.join("edge-b")
+            fleet.start_edge("edge-b")
+            wait_ready(fleet, ["edge-a", "edge-b"])
+            fleet.api("POST", "/api/v1/tasks", once_task("mover", ["edge-a"], slow))
+            fleet.wait_until(lambda: edge_runs(fleet, "edge-a"), 20, "edge-a to start the run")
+            proxy.blackhole()  # silently cut off; the run goes on autonomously
+            fleet.api("POST", "/api/v1/tasks", once_task("mover", ["edge-b"], slow))
+            fleet.wait_until(
+                lambda: all_succeeded(fleet, ["mover"], ["edge-b"]), 30, "edge-b to run it"
+            )
+            proxy.restore()
+
+            def stale_from_a() -> list[dict[str, Any]]:
+                results = fleet.task("mover")["results"]
+                return [r for r in results if r["node"] == "edge-a"]
+
+            fleet.wait_until(stale_from_a, 30, "edge-a's late result to arrive")
+            [late] = stale_from_a()
+            assert late["stale"] is True and late["phase"] == "succeeded", late
+            task = fleet.task("mover")
+            assert [(a["node"], a["phase"]) for a in task["assignments"]] == [
+                ("edge-b", "succeeded")
+            ]
+            fresh = [r for r in task["results"] if r["node"] == "edge-b"]
+            assert len(fresh) == 1 and fresh[0]["stale"] is False
+            assert fresh[0]["epoch"] > late["epoch"]
+            # edge-a let the task go: no second run, and no longer in its desired state.
+            time.sleep(1.0)
+            assert len(edge_runs(fleet, "edge-a")) == 1
+            db = fleet.edge_dir("edge-a") / "edge.db"
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                held = [r[0] for r in conn.execute("SELECT res FROM objects")]
+            assert "task/default/mover" not in held
+    finally:
+        fleet.stop_all()
